@@ -1,0 +1,30 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install everything.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRA ?= cpu
+STAMP := $(VENV)/.installed-$(EXTRA)
+
+.PHONY: demo test lint venv clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+	$(BIN)/pip install torch==2.13.0        # first: the pin selects the local CPU build
+	$(BIN)/pip install -e ".[$(EXTRA),test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/polyhead demo --workdir polyhead-work
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) polyhead-work
