@@ -1,0 +1,219 @@
+"""Triton model configs for polyhead, built as ``model_config_pb2.ModelConfig`` messages.
+
+``trunk``: ``images`` uint8 ``[3,S,S]`` -> ``p3,p4,p5``; ``head_<task>``: ``p3,p4,p5`` ->
+``num_dets [1]``, ``boxes [K,4]``, ``scores [K]``, ``classes [K]``; ``detect_<task>``: ensemble
+trunk -> head; ``detect``: ensemble with one trunk step feeding every head, outputs
+``<task>_num_dets`` ... (each head needs its own ensemble output names). Dims exclude the batch
+axis (``max_batch_size`` > 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving.artifacts import FEATURE_STRIDES, HeadArtifact
+from shared.errors import ArtifactError, ConfigError
+
+HEAD_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
+_BACKENDS = ("python", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """How the repository is generated (recorded in ``build.json`` so hot-adds match).
+
+    Attributes:
+        backend: ``"python"`` (one shared model.py running onnxruntime; the embedded CPU default)
+            or ``"onnxruntime"`` (native backend of the NGC image, GPU instances).
+        max_batch_size: Largest batch every model accepts.
+        dynamic_batching: Enable Triton's dynamic batcher on trunk and heads (pays on GPUs;
+            measured slower on the 2-core CPU).
+        preferred_batch_sizes: Dynamic batcher's preferred sizes (empty: let Triton choose).
+        max_queue_delay_us: Dynamic batcher's maximum wait for a fuller batch.
+        trunk_instances: Instances of the trunk model.
+        head_instances: Instances of each head model.
+        trunk_threads: onnxruntime intra-op threads per trunk instance.
+        head_threads: onnxruntime intra-op threads per head instance.
+        tensorrt: onnxruntime backend only: add the TensorRT execution accelerator.
+        tensorrt_precision: ``"FP16"`` or ``"FP32"`` for the TensorRT accelerator.
+    """
+
+    backend: str = "python"
+    max_batch_size: int = 8  # images per request/execution
+    dynamic_batching: bool = False
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 100
+    trunk_instances: int = 1
+    head_instances: int = 1
+    trunk_threads: int = 2  # platform notes: trunk 2 threads, heads 1, spinning off
+    head_threads: int = 1
+    tensorrt: bool = False
+    tensorrt_precision: str = "FP16"
+
+    def __post_init__(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise ConfigError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ConfigError(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in "
+                              f"[1, max_batch_size={self.max_batch_size}]")
+        if min(self.trunk_instances, self.head_instances, self.trunk_threads, self.head_threads) < 1:
+            raise ConfigError("instance counts and thread counts must be >= 1")
+        if self.tensorrt and self.backend != "onnxruntime":
+            raise ConfigError("tensorrt=True needs backend='onnxruntime' (the python backend runs CPU onnxruntime)")
+        if self.tensorrt_precision not in ("FP16", "FP32"):
+            raise ConfigError(f"tensorrt_precision must be FP16 or FP32, got {self.tensorrt_precision!r}")
+
+
+def _tensor(coll, name: str, dtype: int, dims: list[int]) -> None:  # noqa: ANN001 (protobuf repeated)
+    t = coll.add()
+    t.name, t.data_type = name, dtype
+    t.dims.extend(dims)
+
+
+def feature_dims(input_size: int, channels: dict[str, int]) -> dict[str, list[int]]:
+    """Per-item dims ``[C, S/stride, S/stride]`` of each contract feature."""
+    return {n: [channels[n], input_size // s, input_size // s] for n, s in FEATURE_STRIDES.items()}
+
+
+def head_output_dims(max_dets: int) -> dict[str, tuple[int, list[int]]]:
+    """``name -> (data_type, per-item dims)`` of a head's outputs."""
+    return {
+        "num_dets": (mc.TYPE_INT64, [1]),
+        "boxes": (mc.TYPE_FP32, [max_dets, 4]),
+        "scores": (mc.TYPE_FP32, [max_dets]),
+        "classes": (mc.TYPE_INT64, [max_dets]),
+    }
+
+
+def _leaf(name: str, opts: RepositoryOptions, instances: int, threads: int) -> mc.ModelConfig:
+    """A leaf model config (python or onnxruntime backend) without inputs/outputs."""
+    cfg = mc.ModelConfig(name=name, max_batch_size=opts.max_batch_size)
+    group = cfg.instance_group.add()
+    group.count = instances
+    if opts.backend == "python":
+        cfg.backend = "python"
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        cfg.parameters["intra_op_num_threads"].string_value = str(threads)
+    else:
+        cfg.platform = "onnxruntime_onnx"
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        cfg.parameters["intra_op_thread_count"].string_value = str(threads)
+        if opts.tensorrt:
+            acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add()
+            acc.name = "tensorrt"
+            acc.parameters["precision_mode"] = opts.tensorrt_precision
+            acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    if opts.dynamic_batching:
+        cfg.dynamic_batching.preferred_batch_size.extend(opts.preferred_batch_sizes)
+        cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    return cfg
+
+
+def trunk_config(
+    input_size: int,
+    channels: dict[str, int],
+    versions: dict[int, str],
+    opts: RepositoryOptions,
+    live_version: int | None = None,
+) -> mc.ModelConfig:
+    """Config of ``trunk``: one version per admitted variant; ``live_version`` pins one (else latest)."""
+    cfg = _leaf("trunk", opts, opts.trunk_instances, opts.trunk_threads)
+    _tensor(cfg.input, "images", mc.TYPE_UINT8, [3, input_size, input_size])
+    for name, dims in feature_dims(input_size, channels).items():
+        _tensor(cfg.output, name, mc.TYPE_FP32, dims)
+    if live_version is None:
+        cfg.version_policy.latest.num_versions = 1
+    else:
+        cfg.version_policy.specific.versions.append(live_version)
+    cfg.parameters["versions"].string_value = json.dumps({str(v): n for v, n in sorted(versions.items())})
+    cfg.parameters["input_size"].string_value = str(input_size)
+    return cfg
+
+
+def head_config(head: HeadArtifact, channels: dict[str, int], opts: RepositoryOptions) -> mc.ModelConfig:
+    """Config of ``head_<task>``; class names travel as the JSON string parameter ``classes``."""
+    cfg = _leaf(f"head_{head.task}", opts, opts.head_instances, opts.head_threads)
+    for name, dims in feature_dims(head.input_size, channels).items():
+        _tensor(cfg.input, name, mc.TYPE_FP32, dims)
+    for name, (dtype, dims) in head_output_dims(head.max_dets).items():
+        _tensor(cfg.output, name, dtype, dims)
+    cfg.version_policy.latest.num_versions = 1
+    cfg.parameters["task"].string_value = head.task
+    cfg.parameters["classes"].string_value = json.dumps(list(head.classes))
+    cfg.parameters["category_ids"].string_value = json.dumps(list(head.category_ids))
+    cfg.parameters["max_dets"].string_value = str(head.max_dets)
+    cfg.parameters["input_size"].string_value = str(head.input_size)
+    cfg.parameters["sha256"].string_value = head.sha256
+    return cfg
+
+
+def ensemble_config(
+    name: str, input_size: int, heads: dict[str, int], max_batch_size: int, prefix_outputs: bool
+) -> mc.ModelConfig:
+    """Ensemble ``images -> trunk -> head_<task>`` for every task in ``heads`` (task -> max_dets).
+
+    Args:
+        name: Model name (``detect_<task>`` or ``detect``).
+        input_size: Square input side.
+        heads: Task name -> K of that head.
+        max_batch_size: As the composing models.
+        prefix_outputs: Name outputs ``<task>_<output>`` (fan-out) instead of ``<output>``.
+    """
+    if not heads:
+        raise ArtifactError(f"ensemble '{name}' needs at least one head; add a task first")
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    _tensor(cfg.input, "images", mc.TYPE_UINT8, [3, input_size, input_size])
+    trunk = cfg.ensemble_scheduling.step.add()
+    trunk.model_name, trunk.model_version = "trunk", -1
+    trunk.input_map["images"] = "images"
+    for feat in FEATURE_STRIDES:
+        trunk.output_map[feat] = f"_{feat}"
+    for task, max_dets in sorted(heads.items()):
+        step = cfg.ensemble_scheduling.step.add()
+        step.model_name, step.model_version = f"head_{task}", -1
+        for feat in FEATURE_STRIDES:
+            step.input_map[feat] = f"_{feat}"
+        for out, (dtype, dims) in head_output_dims(max_dets).items():
+            ens_name = f"{task}_{out}" if prefix_outputs else out
+            step.output_map[out] = ens_name
+            _tensor(cfg.output, ens_name, dtype, dims)
+    cfg.parameters["tasks"].string_value = json.dumps(sorted(heads))
+    return cfg
+
+
+def write_config(cfg: mc.ModelConfig, path: Path) -> None:
+    """Write ``cfg`` as protobuf text to ``path`` atomically (temp file beside, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text_format.MessageToString(cfg))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` back into a ``ModelConfig``.
+
+    Raises:
+        ArtifactError: If the file is missing or not a valid model config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model config {path} is missing; rebuild the repository (build_repository)")
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except text_format.ParseError as err:
+        raise ArtifactError(f"{path} is not a valid Triton model config: {err}") from err

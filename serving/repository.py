@@ -1,0 +1,304 @@
+"""Generate the Triton model repository ``WORK/model_repository`` from the workspace's artifacts.
+
+Layout::
+
+    model_repository/
+      versions.json              # {"trunk": {"1": "<variant>", ...}}  version -> variant
+      build.json                 # RepositoryOptions, input size, channels, tasks
+      trunk/config.pbtxt         # version_policy latest 1, or specific (set_live_trunk_version)
+      trunk/<v>/model.onnx (+ model.py for the python backend)
+      head_<task>/config.pbtxt, head_<task>/1/model.onnx (+ model.py)
+      detect_<task>/config.pbtxt, detect_<task>/1/     # ensemble trunk -> head_<task>
+      detect/config.pbtxt, detect/1/                   # ensemble trunk -> every head (fan-out)
+
+Every write is atomic: whole builds go to a sibling temp directory swapped in by rename; model
+directories added to a live repository are renamed into place; configs are replaced by rename.
+ONNX files are verified against the sha256 in their metadata before they are linked in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving import model_configs as mcfg
+from serving.artifacts import (
+    HeadArtifact,
+    check_compatible,
+    check_head,
+    read_head,
+    read_heads,
+    read_trunks,
+    verify_sha256,
+)
+from shared.errors import ArtifactError, ConfigError
+
+BACKEND_MODEL_PY = Path(__file__).resolve().parent / "backend" / "model.py"
+
+
+@dataclass(frozen=True)
+class RepositorySummary:
+    """What a repository build produced.
+
+    Attributes:
+        path: The repository directory.
+        trunk_versions: Trunk version number -> variant name.
+        tasks: Served task names, sorted.
+        models: Every model name, in a valid load order (ensembles after their members).
+        input_size: Square input side the models take.
+        options: The options it was built with.
+    """
+
+    path: Path
+    trunk_versions: dict[int, str]
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    input_size: int
+    options: mcfg.RepositoryOptions
+
+
+def build_repository(
+    workdir: Path,
+    out: Path | None = None,
+    backend: str = "python",
+    max_batch_size: int = 8,
+    dynamic_batching: bool = False,
+    preferred_batch_sizes: tuple[int, ...] = (),
+    max_queue_delay_us: int = 100,
+    trunk_instances: int = 1,
+    head_instances: int = 1,
+    trunk_threads: int = 2,
+    head_threads: int = 1,
+    tensorrt: bool = False,
+    live_variant: str | None = None,
+) -> RepositorySummary:
+    """Build the whole repository from ``WORK/trunk`` and ``WORK/heads`` and swap it into place.
+
+    Trunk version numbers are stable across rebuilds: variants already in ``out/versions.json``
+    keep their number, new admitted variants get the next numbers in name order. By default the
+    highest version is live (``version_policy latest 1``).
+
+    Args:
+        workdir: The workspace directory.
+        out: Repository directory (default ``WORK/model_repository``).
+        backend: ``"python"`` or ``"onnxruntime"`` (see :class:`RepositoryOptions`).
+        max_batch_size: Largest batch per request/execution.
+        dynamic_batching: Enable the dynamic batcher on trunk and heads.
+        preferred_batch_sizes: Dynamic batcher's preferred batch sizes.
+        max_queue_delay_us: Dynamic batcher's queue delay.
+        trunk_instances: Trunk instance count.
+        head_instances: Instance count of each head.
+        trunk_threads: onnxruntime intra-op threads per trunk instance.
+        head_threads: onnxruntime intra-op threads per head instance.
+        tensorrt: Add the TensorRT accelerator (onnxruntime backend only).
+        live_variant: Pin this variant live (``version_policy specific``) instead of the latest.
+
+    Returns:
+        The :class:`RepositorySummary`.
+
+    Raises:
+        ArtifactError: Missing/corrupt artifacts or sha256 mismatch.
+        ContractError: Variants or heads that disagree on input size or channels.
+        ConfigError: Invalid options.
+    """
+    opts = mcfg.RepositoryOptions(
+        backend=backend, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
+        preferred_batch_sizes=tuple(preferred_batch_sizes), max_queue_delay_us=max_queue_delay_us,
+        trunk_instances=trunk_instances, head_instances=head_instances, trunk_threads=trunk_threads,
+        head_threads=head_threads, tensorrt=tensorrt,
+    )
+    workdir = Path(workdir)
+    out = Path(out) if out is not None else workdir / "model_repository"
+    trunks, heads = read_trunks(workdir), read_heads(workdir)
+    if not heads:
+        raise ArtifactError(f"no head under {workdir / 'heads'}; train and export at least one task first")
+    input_size, channels = check_compatible(trunks, heads)
+    versions = _assign_versions(out, [t.name for t in trunks])
+    live = None
+    if live_variant is not None:
+        by_name = {n: v for v, n in versions.items()}
+        if live_variant not in by_name:
+            raise ConfigError(f"live_variant {live_variant!r} is not an admitted variant: {sorted(by_name)}")
+        live = by_name[live_variant]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        by_variant = {t.name: t for t in trunks}
+        for version, variant in versions.items():
+            trunk = by_variant[variant]
+            verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
+            _place_leaf(trunk.onnx, tmp / "trunk" / str(version), opts)
+        mcfg.write_config(mcfg.trunk_config(input_size, channels, versions, opts, live), tmp / "trunk/config.pbtxt")
+        for head in heads:
+            _write_head(tmp, head, channels, opts)
+        _write_fanout(tmp, {h.task: h.max_dets for h in heads}, input_size, opts)
+        _write_json(tmp / "versions.json", {"trunk": {str(v): n for v, n in versions.items()}})
+        tasks = tuple(h.task for h in heads)
+        _write_build(tmp, opts, input_size, channels, tasks)
+        _swap_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _summary(out, versions, tasks, input_size, opts)
+
+
+def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySummary:
+    """Add (or replace) ``head_<task>`` and ``detect_<task>`` and regenerate ``detect``, atomically.
+
+    Safe while the server runs in explicit model-control mode: nothing is loaded until the caller
+    asks, e.g. ``server.load("head_x"); server.load("detect_x"); server.load("detect")``.
+
+    Args:
+        repo: An existing repository made by :func:`build_repository`.
+        workdir: The workspace holding ``heads/<task>``.
+        task: Task name.
+
+    Returns:
+        The updated :class:`RepositorySummary`.
+
+    Raises:
+        ArtifactError: Unknown repository, missing head or sha256 mismatch.
+        ContractError: Head incompatible with the served trunk.
+    """
+    repo = Path(repo)
+    build = _read_build(repo)
+    opts = mcfg.RepositoryOptions(**{**build["options"],
+                                     "preferred_batch_sizes": tuple(build["options"]["preferred_batch_sizes"])})
+    input_size, channels = int(build["input_size"]), {k: int(v) for k, v in build["channels"].items()}
+    head = read_head(workdir, task)
+    check_head(head, input_size, channels)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}-add-", dir=repo.parent))
+    try:
+        _write_head(tmp, head, channels, opts)
+        for name in (f"head_{task}", f"detect_{task}"):
+            _swap_dir(tmp / name, repo / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    heads = {}
+    for cfg_path in sorted(repo.glob("head_*/config.pbtxt")):
+        cfg = mcfg.read_config(cfg_path)
+        heads[cfg.parameters["task"].string_value] = int(cfg.parameters["max_dets"].string_value)
+    _write_fanout(repo, heads, input_size, opts)
+    tasks = tuple(sorted(heads))
+    _write_build(repo, opts, input_size, channels, tasks)
+    versions = {int(v): n for v, n in json.loads((repo / "versions.json").read_text())["trunk"].items()}
+    return _summary(repo, versions, tasks, input_size, opts)
+
+
+def set_live_trunk_version(repo: Path, version: int | None) -> None:
+    """Pin trunk ``version`` live (``version_policy specific``), or back to ``latest 1`` with ``None``.
+
+    Rewrites ``trunk/config.pbtxt`` atomically; apply it with ``server.load("trunk")``.
+
+    Raises:
+        ConfigError: If ``version`` is not a built trunk version.
+    """
+    repo = Path(repo)
+    path = repo / "trunk" / "config.pbtxt"
+    cfg = mcfg.read_config(path)
+    versions = json.loads(cfg.parameters["versions"].string_value)
+    cfg.ClearField("version_policy")
+    if version is None:
+        cfg.version_policy.latest.num_versions = 1
+    else:
+        if str(version) not in versions or not (repo / "trunk" / str(version)).is_dir():
+            raise ConfigError(f"trunk version {version} does not exist; built versions: {versions}")
+        cfg.version_policy.specific.versions.append(int(version))
+    mcfg.write_config(cfg, path)
+
+
+def read_trunk_versions(repo: Path) -> dict[int, str]:
+    """Return the trunk's version -> variant mapping from ``versions.json``."""
+    path = Path(repo) / "versions.json"
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; build the repository first (build_repository)")
+    return {int(v): n for v, n in json.loads(path.read_text())["trunk"].items()}
+
+
+def _assign_versions(out: Path, variants: list[str]) -> dict[int, str]:
+    """Keep existing version numbers of still-admitted variants; new ones get the next numbers."""
+    old: dict[int, str] = {}
+    if (out / "versions.json").is_file():
+        old = read_trunk_versions(out)
+    keep = {v: n for v, n in old.items() if n in variants}
+    nxt = max(old, default=0) + 1
+    for name in sorted(set(variants) - set(keep.values())):
+        keep[nxt] = name
+        nxt += 1
+    return dict(sorted(keep.items()))
+
+
+def _place_leaf(onnx_path: Path, version_dir: Path, opts: mcfg.RepositoryOptions) -> None:
+    """Hardlink (or copy) the ONNX file into ``version_dir``; add model.py for the python backend."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(onnx_path, version_dir / "model.onnx")
+    except OSError:
+        shutil.copy2(onnx_path, version_dir / "model.onnx")
+    if opts.backend == "python":
+        shutil.copy2(BACKEND_MODEL_PY, version_dir / "model.py")
+
+
+def _write_head(root: Path, head: HeadArtifact, channels: dict[str, int], opts: mcfg.RepositoryOptions) -> None:
+    """Write ``head_<task>`` and ``detect_<task>`` under ``root``."""
+    verify_sha256(head.onnx, head.sha256, f"re-export the head with `polyhead export --task {head.task}`")
+    _place_leaf(head.onnx, root / f"head_{head.task}" / "1", opts)
+    mcfg.write_config(mcfg.head_config(head, channels, opts), root / f"head_{head.task}" / "config.pbtxt")
+    ens = mcfg.ensemble_config(f"detect_{head.task}", head.input_size, {head.task: head.max_dets},
+                               opts.max_batch_size, prefix_outputs=False)
+    (root / f"detect_{head.task}" / "1").mkdir(parents=True, exist_ok=True)
+    mcfg.write_config(ens, root / f"detect_{head.task}" / "config.pbtxt")
+
+
+def _write_fanout(root: Path, heads: dict[str, int], input_size: int, opts: mcfg.RepositoryOptions) -> None:
+    """Write the fan-out ensemble ``detect`` (config replaced atomically)."""
+    (root / "detect" / "1").mkdir(parents=True, exist_ok=True)
+    cfg = mcfg.ensemble_config("detect", input_size, heads, opts.max_batch_size, prefix_outputs=True)
+    mcfg.write_config(cfg, root / "detect" / "config.pbtxt")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=".json-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _write_build(root: Path, opts: mcfg.RepositoryOptions, size: int, channels: dict[str, int],
+                 tasks: tuple[str, ...]) -> None:
+    _write_json(root / "build.json", {"options": dataclasses.asdict(opts), "input_size": size,
+                                      "channels": channels, "tasks": list(tasks)})
+
+
+def _read_build(repo: Path) -> dict:
+    path = repo / "build.json"
+    if not path.is_file():
+        raise ArtifactError(f"{repo} is not a polyhead repository ({path.name} missing); "
+                            "build it first with build_repository")
+    return json.loads(path.read_text())
+
+
+def _swap_dir(new: Path, dst: Path) -> None:
+    """Move directory ``new`` to ``dst``, replacing an existing ``dst`` by two renames."""
+    if not dst.exists():
+        os.rename(new, dst)
+        return
+    # the old copy goes beside ``new`` (outside a live repository, same filesystem)
+    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}-old-", dir=new.parent))
+    os.rename(dst, trash / dst.name)
+    os.rename(new, dst)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _summary(path: Path, versions: dict[int, str], tasks: tuple[str, ...], size: int,
+             opts: mcfg.RepositoryOptions) -> RepositorySummary:
+    tasks = tuple(sorted(tasks))
+    models = ("trunk", *(f"head_{t}" for t in tasks), *(f"detect_{t}" for t in tasks), "detect")
+    return RepositorySummary(path=path, trunk_versions=versions, tasks=tasks, models=models,
+                             input_size=size, options=opts)
