@@ -89,8 +89,10 @@ def verify_sha256(path: Path, expected: str, fix: str) -> None:
     """
     actual = sha256_file(path)
     if actual != expected:
-        raise ArtifactError(f"{path}: sha256 {actual[:12]}... does not match its metadata "
-                            f"({str(expected)[:12]}...); the file changed after export; {fix}")
+        raise ArtifactError(
+            f"{path}: sha256 {actual[:12]}... does not match its metadata "
+            f"({str(expected)[:12]}...); the file changed after export; {fix}"
+        )
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -127,14 +129,21 @@ def read_trunks(workdir: Path) -> list[TrunkArtifact]:
         channels = {str(k): int(v) for k, v in dict(_need(meta, "channels", path)).items()}
         if set(channels) != set(FEATURE_STRIDES):
             raise ContractError(f"{path}: channels {sorted(channels)} != contract {sorted(FEATURE_STRIDES)}")
-        out.append(TrunkArtifact(
-            name=str(meta.get("name", vdir.name)), onnx=vdir / "model.onnx",
-            input_size=int(_need(meta, "input_size", path)), channels=channels,
-            sha256=str(_need(meta, "sha256", path)), meta=meta,
-        ))
+        out.append(
+            TrunkArtifact(
+                name=str(meta.get("name", vdir.name)),
+                onnx=vdir / "model.onnx",
+                input_size=int(_need(meta, "input_size", path)),
+                channels=channels,
+                sha256=str(_need(meta, "sha256", path)),
+                meta=meta,
+            )
+        )
     if not out:
-        raise ArtifactError(f"no admitted trunk variant under {Path(workdir) / 'trunk'}; "
-                            "export and admit one first (polyhead compress / export)")
+        raise ArtifactError(
+            f"no admitted trunk variant under {Path(workdir) / 'trunk'}; "
+            "export and admit one first (polyhead compress / export)"
+        )
     return out
 
 
@@ -145,8 +154,9 @@ def read_head(workdir: Path, task: str) -> HeadArtifact:
         ArtifactError: If the head or its metadata is missing or malformed.
     """
     if not _TASK_NAME.match(task):
-        raise ArtifactError(f"task name {task!r} must match {_TASK_NAME.pattern} "
-                            "(it becomes Triton model and tensor names)")
+        raise ArtifactError(
+            f"task name {task!r} must match {_TASK_NAME.pattern} (it becomes Triton model and tensor names)"
+        )
     hdir = Path(workdir) / "heads" / task
     path = hdir / "head.json"
     meta = _read_json(path, f"head '{task}'")
@@ -155,9 +165,14 @@ def read_head(workdir: Path, task: str) -> HeadArtifact:
     if len(category_ids) != len(classes):
         raise ArtifactError(f"{path}: {len(classes)} classes but {len(category_ids)} category_ids")
     return HeadArtifact(
-        task=task, onnx=hdir / "model.onnx", classes=classes, category_ids=category_ids,
-        input_size=int(_need(meta, "input_size", path)), max_dets=int(_need(meta, "max_dets", path)),
-        sha256=str(_need(meta, "sha256", path)), meta=meta,
+        task=task,
+        onnx=hdir / "model.onnx",
+        classes=classes,
+        category_ids=category_ids,
+        input_size=int(_need(meta, "input_size", path)),
+        max_dets=int(_need(meta, "max_dets", path)),
+        sha256=str(_need(meta, "sha256", path)),
+        meta=meta,
     )
 
 
@@ -193,8 +208,10 @@ def check_compatible(trunks: list[TrunkArtifact], heads: list[HeadArtifact]) -> 
         raise ContractError(f"trunk input_size {size} must be a multiple of 32 (stride of p5)")
     for t in trunks[1:]:
         if (t.input_size, t.channels) != (size, channels):
-            raise ContractError(f"trunk variant '{t.name}' has input {t.input_size} channels {t.channels}, "
-                                f"but '{trunks[0].name}' has {size} {channels}; variants must keep the contract")
+            raise ContractError(
+                f"trunk variant '{t.name}' has input {t.input_size} channels {t.channels}, "
+                f"but '{trunks[0].name}' has {size} {channels}; variants must keep the contract"
+            )
     for h in heads:
         check_head(h, size, channels)
     return size, channels
@@ -203,11 +220,15 @@ def check_compatible(trunks: list[TrunkArtifact], heads: list[HeadArtifact]) -> 
 def check_head(head: HeadArtifact, input_size: int, channels: dict[str, int]) -> None:
     """Raise :class:`ContractError` unless the head's input size and ONNX input channels match."""
     if head.input_size != input_size:
-        raise ContractError(f"head '{head.task}' expects input_size {head.input_size}, the trunk serves "
-                            f"{input_size}; retrain or re-export the head for {input_size}")
+        raise ContractError(
+            f"head '{head.task}' expects input_size {head.input_size}, the trunk serves "
+            f"{input_size}; retrain or re-export the head for {input_size}"
+        )
     dims = onnx_io_dims(head.onnx)
     for name, ch in channels.items():
         got = dims.get(name)
         if got is None or len(got) != 4 or got[1] not in (None, ch):
-            raise ContractError(f"head '{head.task}' input '{name}' has dims {got}, contract needs "
-                                f"[B, {ch}, H, W]; re-export the head against this trunk")
+            raise ContractError(
+                f"head '{head.task}' input '{name}' has dims {got}, contract needs "
+                f"[B, {ch}, H, W]; re-export the head against this trunk"
+            )

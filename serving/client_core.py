@@ -96,14 +96,20 @@ def _one_image(img: object, index: int) -> np.ndarray:
     if hasattr(img, "convert") and hasattr(img, "size"):  # PIL image
         img = np.asarray(img.convert("RGB"))
     if not isinstance(img, np.ndarray):
-        raise InputError(f"image {index}: expected a numpy array [H, W, 3] uint8 RGB or a PIL image, "
-                         f"got {type(img).__name__}")
+        raise InputError(
+            f"image {index}: expected a numpy array [H, W, 3] uint8 RGB or a PIL image, "
+            f"got {type(img).__name__}"
+        )
     if img.dtype != np.uint8:
-        raise InputError(f"image {index}: dtype {img.dtype}, expected uint8; for floats in [0, 1] use "
-                         "(image * 255).round().astype(np.uint8)")
+        raise InputError(
+            f"image {index}: dtype {img.dtype}, expected uint8; for floats in [0, 1] use "
+            "(image * 255).round().astype(np.uint8)"
+        )
     if img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
-        raise InputError(f"image {index}: shape {img.shape}, expected [H, W, 3] RGB channels-last; "
-                         "convert grayscale/RGBA with PIL .convert('RGB') or CHW with .transpose(1, 2, 0)")
+        raise InputError(
+            f"image {index}: shape {img.shape}, expected [H, W, 3] RGB channels-last; "
+            "convert grayscale/RGBA with PIL .convert('RGB') or CHW with .transpose(1, 2, 0)"
+        )
     return img
 
 
@@ -148,7 +154,11 @@ def plan_models(tasks: tuple[str, ...], fanout_tasks: Sequence[str]) -> list[Mod
 
 
 def decode(
-    outputs: dict[str, np.ndarray], plan: ModelPlan, task: str, infos: list[LetterboxInfo], classes: Sequence[str]
+    outputs: dict[str, np.ndarray],
+    plan: ModelPlan,
+    task: str,
+    infos: list[LetterboxInfo],
+    classes: Sequence[str],
 ) -> list[list[Detection]]:
     """Turn one task's raw outputs for a batch into detections in original pixels.
 
@@ -162,6 +172,7 @@ def decode(
     Returns:
         Per image, the detections (padding and slots past ``num_dets`` dropped).
     """
+
     def get(name: str) -> np.ndarray:
         return outputs[f"{task}_{name}" if plan.prefixed else name]
 
@@ -171,11 +182,17 @@ def decode(
         n = int(num[i].reshape(-1)[0])  # num_dets [B, 1]
         keep = labels[i, :n] >= 0  # classes [B, K]; -1 is padding
         b = info.to_original(boxes[i, :n][keep]) if keep.any() else np.zeros((0, 4), np.float32)
-        per_image.append([
-            Detection(box=tuple(float(v) for v in box), score=float(s), class_id=int(c),
-                      class_name=classes[int(c)] if int(c) < len(classes) else str(int(c)))
-            for box, s, c in zip(b, scores[i, :n][keep], labels[i, :n][keep], strict=True)
-        ])
+        per_image.append(
+            [
+                Detection(
+                    box=tuple(float(v) for v in box),
+                    score=float(s),
+                    class_id=int(c),
+                    class_name=classes[int(c)] if int(c) < len(classes) else str(int(c)),
+                )
+                for box, s, c in zip(b, scores[i, :n][keep], labels[i, :n][keep], strict=True)
+            ]
+        )
     return per_image
 
 
@@ -184,8 +201,10 @@ def class_names(config: object, model: str) -> tuple[str, ...]:
     try:
         return tuple(json.loads(config.parameters["classes"].string_value))
     except (KeyError, ValueError) as err:
-        raise ServingError(f"model '{model}' has no valid 'classes' parameter; rebuild the repository "
-                           "with serving.repository.build_repository") from err
+        raise ServingError(
+            f"model '{model}' has no valid 'classes' parameter; rebuild the repository "
+            "with serving.repository.build_repository"
+        ) from err
 
 
 def ensemble_tasks(config: object) -> tuple[str, ...]:

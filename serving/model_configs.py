@@ -63,12 +63,16 @@ class RepositoryOptions:
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
-            raise ConfigError(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in "
-                              f"[1, max_batch_size={self.max_batch_size}]")
+            raise ConfigError(
+                f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in "
+                f"[1, max_batch_size={self.max_batch_size}]"
+            )
         if min(self.trunk_instances, self.head_instances, self.trunk_threads, self.head_threads) < 1:
             raise ConfigError("instance counts and thread counts must be >= 1")
         if self.tensorrt and self.backend != "onnxruntime":
-            raise ConfigError("tensorrt=True needs backend='onnxruntime' (the python backend runs CPU onnxruntime)")
+            raise ConfigError(
+                "tensorrt=True needs backend='onnxruntime' (the python backend runs CPU onnxruntime)"
+            )
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision must be FP16 or FP32, got {self.tensorrt_precision!r}")
 

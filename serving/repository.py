@@ -107,10 +107,16 @@ def build_repository(
         ConfigError: Invalid options.
     """
     opts = mcfg.RepositoryOptions(
-        backend=backend, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
-        preferred_batch_sizes=tuple(preferred_batch_sizes), max_queue_delay_us=max_queue_delay_us,
-        trunk_instances=trunk_instances, head_instances=head_instances, trunk_threads=trunk_threads,
-        head_threads=head_threads, tensorrt=tensorrt,
+        backend=backend,
+        max_batch_size=max_batch_size,
+        dynamic_batching=dynamic_batching,
+        preferred_batch_sizes=tuple(preferred_batch_sizes),
+        max_queue_delay_us=max_queue_delay_us,
+        trunk_instances=trunk_instances,
+        head_instances=head_instances,
+        trunk_threads=trunk_threads,
+        head_threads=head_threads,
+        tensorrt=tensorrt,
     )
     workdir = Path(workdir)
     out = Path(out) if out is not None else workdir / "model_repository"
@@ -134,7 +140,9 @@ def build_repository(
             trunk = by_variant[variant]
             verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
             _place_leaf(trunk.onnx, tmp / "trunk" / str(version), opts)
-        mcfg.write_config(mcfg.trunk_config(input_size, channels, versions, opts, live), tmp / "trunk/config.pbtxt")
+        mcfg.write_config(
+            mcfg.trunk_config(input_size, channels, versions, opts, live), tmp / "trunk/config.pbtxt"
+        )
         for head in heads:
             _write_head(tmp, head, channels, opts)
         _write_fanout(tmp, {h.task: h.max_dets for h in heads}, input_size, opts)
@@ -167,8 +175,9 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
     """
     repo = Path(repo)
     build = _read_build(repo)
-    opts = mcfg.RepositoryOptions(**{**build["options"],
-                                     "preferred_batch_sizes": tuple(build["options"]["preferred_batch_sizes"])})
+    opts = mcfg.RepositoryOptions(
+        **{**build["options"], "preferred_batch_sizes": tuple(build["options"]["preferred_batch_sizes"])}
+    )
     input_size, channels = int(build["input_size"]), {k: int(v) for k, v in build["channels"].items()}
     head = read_head(workdir, task)
     check_head(head, input_size, channels)
@@ -244,13 +253,20 @@ def _place_leaf(onnx_path: Path, version_dir: Path, opts: mcfg.RepositoryOptions
         shutil.copy2(BACKEND_MODEL_PY, version_dir / "model.py")
 
 
-def _write_head(root: Path, head: HeadArtifact, channels: dict[str, int], opts: mcfg.RepositoryOptions) -> None:
+def _write_head(
+    root: Path, head: HeadArtifact, channels: dict[str, int], opts: mcfg.RepositoryOptions
+) -> None:
     """Write ``head_<task>`` and ``detect_<task>`` under ``root``."""
     verify_sha256(head.onnx, head.sha256, f"re-export the head with `polyhead export --task {head.task}`")
     _place_leaf(head.onnx, root / f"head_{head.task}" / "1", opts)
     mcfg.write_config(mcfg.head_config(head, channels, opts), root / f"head_{head.task}" / "config.pbtxt")
-    ens = mcfg.ensemble_config(f"detect_{head.task}", head.input_size, {head.task: head.max_dets},
-                               opts.max_batch_size, prefix_outputs=False)
+    ens = mcfg.ensemble_config(
+        f"detect_{head.task}",
+        head.input_size,
+        {head.task: head.max_dets},
+        opts.max_batch_size,
+        prefix_outputs=False,
+    )
     (root / f"detect_{head.task}" / "1").mkdir(parents=True, exist_ok=True)
     mcfg.write_config(ens, root / f"detect_{head.task}" / "config.pbtxt")
 
@@ -270,17 +286,21 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _write_build(root: Path, opts: mcfg.RepositoryOptions, size: int, channels: dict[str, int],
-                 tasks: tuple[str, ...]) -> None:
-    _write_json(root / "build.json", {"options": dataclasses.asdict(opts), "input_size": size,
-                                      "channels": channels, "tasks": list(tasks)})
+def _write_build(
+    root: Path, opts: mcfg.RepositoryOptions, size: int, channels: dict[str, int], tasks: tuple[str, ...]
+) -> None:
+    _write_json(
+        root / "build.json",
+        {"options": dataclasses.asdict(opts), "input_size": size, "channels": channels, "tasks": list(tasks)},
+    )
 
 
 def _read_build(repo: Path) -> dict:
     path = repo / "build.json"
     if not path.is_file():
-        raise ArtifactError(f"{repo} is not a polyhead repository ({path.name} missing); "
-                            "build it first with build_repository")
+        raise ArtifactError(
+            f"{repo} is not a polyhead repository ({path.name} missing); build it first with build_repository"
+        )
     return json.loads(path.read_text())
 
 
@@ -296,9 +316,11 @@ def _swap_dir(new: Path, dst: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _summary(path: Path, versions: dict[int, str], tasks: tuple[str, ...], size: int,
-             opts: mcfg.RepositoryOptions) -> RepositorySummary:
+def _summary(
+    path: Path, versions: dict[int, str], tasks: tuple[str, ...], size: int, opts: mcfg.RepositoryOptions
+) -> RepositorySummary:
     tasks = tuple(sorted(tasks))
     models = ("trunk", *(f"head_{t}" for t in tasks), *(f"detect_{t}" for t in tasks), "detect")
-    return RepositorySummary(path=path, trunk_versions=versions, tasks=tasks, models=models,
-                             input_size=size, options=opts)
+    return RepositorySummary(
+        path=path, trunk_versions=versions, tasks=tasks, models=models, input_size=size, options=opts
+    )

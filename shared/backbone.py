@@ -99,7 +99,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@torch.no_grad()
 def bn_scale_l1(module: nn.Module) -> Tensor:
     """Sum of |gamma| over every BatchNorm in ``module`` (the sparse-training penalty)."""
     terms = [m.weight.abs().sum() for m in module.modules() if isinstance(m, nn.BatchNorm2d)]

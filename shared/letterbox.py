@@ -8,6 +8,7 @@ original image and the canvas. numpy + PIL only (no torch): used by data loading
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 from PIL import Image
@@ -82,11 +83,12 @@ def letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tuple[np.nd
             are out of range.
     """
     _check_image(image)
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+    if not isinstance(size, Integral) or isinstance(size, bool) or size <= 0:
         raise InputError(f"letterbox size must be a positive int, got {size!r}")
-    if not isinstance(pad_value, int) or not 0 <= pad_value <= 255:
+    if not isinstance(pad_value, Integral) or not 0 <= pad_value <= 255:
         raise InputError(f"letterbox pad_value must be an int in [0, 255], got {pad_value!r}")
     h, w = image.shape[:2]
+    size, pad_value = int(size), int(pad_value)
     scale = size / max(h, w)
     new_w = min(size, max(1, round(w * scale)))
     new_h = min(size, max(1, round(h * scale)))

@@ -195,8 +195,10 @@ def _parse_categories(path: Path, entries: list[Any]) -> tuple[tuple[int, str], 
         if not isinstance(entry["name"], str) or not entry["name"]:
             raise DataError(f"{where}: 'name' must be a non-empty string, got {entry['name']!r}")
         if cat_id in seen:
-            raise DataError(f"{where}: duplicate category id {cat_id} (also categories[{seen[cat_id]}]); "
-                            "give every category a unique id")
+            raise DataError(
+                f"{where}: duplicate category id {cat_id} (also categories[{seen[cat_id]}]); "
+                "give every category a unique id"
+            )
         seen[cat_id] = i
         out.append((cat_id, entry["name"]))
     return tuple(sorted(out))
@@ -212,20 +214,31 @@ def _parse_images(path: Path, entries: list[Any]) -> dict[int, CocoImage]:
         where = _where(path, "images", i, entry)
         image_id = _int_id(where, "id", entry["id"])
         if image_id in images:
-            raise DataError(f"{where}: duplicate image id {image_id} (also images[{index_of[image_id]}]); "
-                            "give every image a unique id")
+            raise DataError(
+                f"{where}: duplicate image id {image_id} (also images[{index_of[image_id]}]); "
+                "give every image a unique id"
+            )
         file_name = entry["file_name"]
         if not isinstance(file_name, str) or not file_name:
             raise DataError(f"{where}: 'file_name' must be a non-empty string, got {file_name!r}")
         if file_name in files:
-            raise DataError(f"{where}: file_name {file_name!r} already used by images[{files[file_name]}]; "
-                            "list each image file once")
+            raise DataError(
+                f"{where}: file_name {file_name!r} already used by images[{files[file_name]}]; "
+                "list each image file once"
+            )
         size = []
         for key in ("width", "height"):
             value = entry[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or value != int(value):
-                raise DataError(f"{where}: '{key}' must be a positive integer, got {value!r}; "
-                                "write the image's size in pixels")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value <= 0
+                or value != int(value)
+            ):
+                raise DataError(
+                    f"{where}: '{key}' must be a positive integer, got {value!r}; "
+                    "write the image's size in pixels"
+                )
             size.append(int(value))
         images[image_id] = CocoImage(file_name, size[0], size[1])
         index_of[image_id] = i
@@ -236,13 +249,17 @@ def _parse_images(path: Path, entries: list[Any]) -> dict[int, CocoImage]:
 def _parse_bbox(where: str, value: object, image: CocoImage) -> tuple[float, float, float, float]:
     """Validate one ``bbox`` ([x, y, w, h], inside the image up to :data:`BOX_TOLERANCE`)."""
     ok = isinstance(value, (list, tuple)) and len(value) == 4
-    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ok = ok and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
     if not ok:
         raise DataError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {value!r}")
     x, y, w, h = (float(v) for v in value)
     if w <= 0 or h <= 0:
-        raise DataError(f"{where}: bbox {list(value)} has non-positive width or height; "
-                        "remove the annotation or fix its size (COCO bbox is [x, y, width, height])")
+        raise DataError(
+            f"{where}: bbox {list(value)} has non-positive width or height; "
+            "remove the annotation or fix its size (COCO bbox is [x, y, width, height])"
+        )
     tol = BOX_TOLERANCE
     if x < -tol or y < -tol or x + w > image.width + tol or y + h > image.height + tol:
         raise DataError(
@@ -265,17 +282,23 @@ def _parse_annotations(
         where = _where(path, "annotations", i, entry)
         ann_id = _int_id(where, "id", entry["id"])
         if ann_id in seen:
-            raise DataError(f"{where}: duplicate annotation id {ann_id} (also annotations[{seen[ann_id]}]); "
-                            "give every annotation a unique id")
+            raise DataError(
+                f"{where}: duplicate annotation id {ann_id} (also annotations[{seen[ann_id]}]); "
+                "give every annotation a unique id"
+            )
         seen[ann_id] = i
         image_id = _int_id(where, "image_id", entry["image_id"])
         if image_id not in images:
-            raise DataError(f"{where}: image_id {image_id} is not in 'images'; add the image entry or "
-                            "remove the annotation")
+            raise DataError(
+                f"{where}: image_id {image_id} is not in 'images'; add the image entry or "
+                "remove the annotation"
+            )
         cat_id = _int_id(where, "category_id", entry["category_id"])
         if cat_id not in cat_ids:
-            raise DataError(f"{where}: unknown category_id {cat_id} (known: {sorted(cat_ids)}); "
-                            "add it to 'categories' or fix the id")
+            raise DataError(
+                f"{where}: unknown category_id {cat_id} (known: {sorted(cat_ids)}); "
+                "add it to 'categories' or fix the id"
+            )
         iscrowd = entry.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, float):
             raise DataError(f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
@@ -287,14 +310,18 @@ def _parse_annotations(
 def _check_image_files(path: Path, images_dir: Path, images: dict[int, CocoImage], verify: bool) -> None:
     """Every image file must exist (and, if ``verify``, have a readable header)."""
     if not images_dir.is_dir():
-        raise DataError(f"{path}: images directory {images_dir} does not exist; pass the folder that "
-                        "file_name entries are relative to")
+        raise DataError(
+            f"{path}: images directory {images_dir} does not exist; pass the folder that "
+            "file_name entries are relative to"
+        )
     missing = [(i, im.file_name) for i, im in images.items() if not (images_dir / im.file_name).is_file()]
     if missing:
         listed = ", ".join(f"id={i} {f!r}" for i, f in missing[:_MAX_LISTED])
         more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise DataError(f"{path}: {len(missing)} image file(s) missing under {images_dir}: {listed}{more}; "
-                        "check images_dir or the file_name entries")
+        raise DataError(
+            f"{path}: {len(missing)} image file(s) missing under {images_dir}: {listed}{more}; "
+            "check images_dir or the file_name entries"
+        )
     if not verify:
         return
     for image_id, im in images.items():
@@ -304,11 +331,15 @@ def _check_image_files(path: Path, images_dir: Path, images: dict[int, CocoImage
                 size = pil.size
                 pil.verify()
         except Exception as e:  # PIL raises many exception types for corrupt files
-            raise DataError(f"{path}: images entry id={image_id}: {file} is not a readable image ({e}); "
-                            "re-export or remove it") from e
+            raise DataError(
+                f"{path}: images entry id={image_id}: {file} is not a readable image ({e}); "
+                "re-export or remove it"
+            ) from e
         if size != (im.width, im.height):
-            raise DataError(f"{path}: images entry id={image_id}: {file} is {size[0]}x{size[1]} but the "
-                            f"entry says {im.width}x{im.height}; fix width/height")
+            raise DataError(
+                f"{path}: images entry id={image_id}: {file} is {size[0]}x{size[1]} but the "
+                f"entry says {im.width}x{im.height}; fix width/height"
+            )
 
 
 def __getattr__(name: str) -> Any:

@@ -103,8 +103,10 @@ def generate(
         ConfigError: If a count is negative, ``num_train`` is 0, or ``image_size`` < 128.
     """
     if num_train < 1 or num_val < 0 or num_unlabeled < 0:
-        raise ConfigError(f"synth counts must be num_train >= 1, num_val/num_unlabeled >= 0; got "
-                          f"{num_train}, {num_val}, {num_unlabeled}")
+        raise ConfigError(
+            f"synth counts must be num_train >= 1, num_val/num_unlabeled >= 0; got "
+            f"{num_train}, {num_val}, {num_unlabeled}"
+        )
     if image_size < 128:
         raise ConfigError(f"synth image_size must be >= 128 (objects up to 110 px at 256), got {image_size}")
     start = time.perf_counter()
@@ -135,15 +137,24 @@ def generate(
             paths[task] = out / task / f"{split}.json"
             _write_json_atomic(paths[task], coco)
     return SynthSummary(
-        out_dir=out, images_dir=images_dir, tasks=TASKS, classes=dict(CLASSES),
-        train_json=train_json, val_json=val_json,
+        out_dir=out,
+        images_dir=images_dir,
+        tasks=TASKS,
+        classes=dict(CLASSES),
+        train_json=train_json,
+        val_json=val_json,
         unlabeled_dir=images_dir / "unlabeled" if num_unlabeled else None,
-        num_train=num_train, num_val=num_val, num_unlabeled=num_unlabeled,
-        num_objects=num_objects, seconds=time.perf_counter() - start,
+        num_train=num_train,
+        num_val=num_val,
+        num_unlabeled=num_unlabeled,
+        num_objects=num_objects,
+        seconds=time.perf_counter() - start,
     )
 
 
-def render_scene(rng: np.random.Generator, size: int, with_objects: bool = True) -> tuple[np.ndarray, list[SynthObject]]:
+def render_scene(
+    rng: np.random.Generator, size: int, with_objects: bool = True
+) -> tuple[np.ndarray, list[SynthObject]]:
     """Draw one scene.
 
     Args:
@@ -235,14 +246,22 @@ def _to_coco(task: str, scenes: list[tuple[int, str, list[SynthObject]]], size: 
             if obj.task != task:
                 continue
             x, y, w, h = obj.bbox
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": obj.label + 1,
-                "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": obj.label + 1,
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": k + 1, "name": name, "supercategory": task} for k, name in enumerate(CLASSES[task])]
     return {
         "info": {"description": f"polyhead synthetic scenes: {task}", "version": "1"},
-        "images": images, "annotations": annotations, "categories": categories,
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
     }
 
 

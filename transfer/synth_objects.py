@@ -52,7 +52,10 @@ def _finish(img: Image.Image, w: float, h: float) -> Image.Image:
 
 def _regular(cx: float, cy: float, r: float, n: int, start_deg: float) -> list[tuple[float, float]]:
     return [
-        (cx + r * math.cos(math.radians(start_deg + 360 * k / n)), cy + r * math.sin(math.radians(start_deg + 360 * k / n)))
+        (
+            cx + r * math.cos(math.radians(start_deg + 360 * k / n)),
+            cy + r * math.sin(math.radians(start_deg + 360 * k / n)),
+        )
         for k in range(n)
     ]
 
@@ -85,15 +88,27 @@ def round_sign(rng: np.random.Generator, size: float) -> Image.Image:
     """Blue or green disc with a white rim and a white arrow pointing up, left or right."""
     img, d, w, h = _canvas(size, size)
     c, r = w / 2, w / 2 - 1
-    body = hsv(rng.uniform(0.55, 0.64) if rng.random() < 0.7 else rng.uniform(0.3, 0.4),
-               rng.uniform(0.7, 1.0), rng.uniform(0.5, 0.9))
+    body = hsv(
+        rng.uniform(0.55, 0.64) if rng.random() < 0.7 else rng.uniform(0.3, 0.4),
+        rng.uniform(0.7, 1.0),
+        rng.uniform(0.5, 0.9),
+    )
     d.ellipse([c - r, c - r, c + r, c + r], fill=(245, 245, 245, 255))
     d.ellipse([c - r * 0.86, c - r * 0.86, c + r * 0.86, c + r * 0.86], fill=body + (255,))
     arrow = Image.new("RGBA", img.size, (0, 0, 0, 0))
     s = r * 0.5
     ImageDraw.Draw(arrow).polygon(
-        [(c, c - s * 1.2), (c + s, c), (c + s * 0.35, c), (c + s * 0.35, c + s * 1.2),
-         (c - s * 0.35, c + s * 1.2), (c - s * 0.35, c), (c - s, c)], fill=(250, 250, 250, 255))
+        [
+            (c, c - s * 1.2),
+            (c + s, c),
+            (c + s * 0.35, c),
+            (c + s * 0.35, c + s * 1.2),
+            (c - s * 0.35, c + s * 1.2),
+            (c - s * 0.35, c),
+            (c - s, c),
+        ],
+        fill=(250, 250, 250, 255),
+    )
     arrow = arrow.rotate(float(rng.choice([0.0, 90.0, -90.0])))
     img.alpha_composite(arrow)
     return _finish(img, size, size)
@@ -111,14 +126,25 @@ def car(rng: np.random.Generator, size: float) -> Image.Image:
     img, d, w, h = _canvas(size, size * aspect)
     body = vivid(rng)
     glass = hsv(0.58, rng.uniform(0.1, 0.35), rng.uniform(0.75, 0.95))
-    d.polygon([(w * 0.2, h * 0.4), (w * 0.32, h * 0.04), (w * 0.7, h * 0.04), (w * 0.82, h * 0.4)],
-              fill=body + (255,))
-    d.polygon([(w * 0.27, h * 0.38), (w * 0.35, h * 0.12), (w * 0.49, h * 0.12), (w * 0.49, h * 0.38)],
-              fill=glass + (255,))
-    d.polygon([(w * 0.53, h * 0.38), (w * 0.53, h * 0.12), (w * 0.67, h * 0.12), (w * 0.75, h * 0.38)],
-              fill=glass + (255,))
-    d.rounded_rectangle([0, h * 0.36, w - 1, h * 0.8], radius=h * 0.12, fill=body + (255,),
-                        outline=_darker(body) + (255,), width=max(1, round(h * 0.03)))
+    d.polygon(
+        [(w * 0.2, h * 0.4), (w * 0.32, h * 0.04), (w * 0.7, h * 0.04), (w * 0.82, h * 0.4)],
+        fill=body + (255,),
+    )
+    d.polygon(
+        [(w * 0.27, h * 0.38), (w * 0.35, h * 0.12), (w * 0.49, h * 0.12), (w * 0.49, h * 0.38)],
+        fill=glass + (255,),
+    )
+    d.polygon(
+        [(w * 0.53, h * 0.38), (w * 0.53, h * 0.12), (w * 0.67, h * 0.12), (w * 0.75, h * 0.38)],
+        fill=glass + (255,),
+    )
+    d.rounded_rectangle(
+        [0, h * 0.36, w - 1, h * 0.8],
+        radius=h * 0.12,
+        fill=body + (255,),
+        outline=_darker(body) + (255,),
+        width=max(1, round(h * 0.03)),
+    )
     d.rectangle([w * 0.93, h * 0.45, w - 2, h * 0.55], fill=(255, 230, 120, 255))
     r = h * 0.19
     for fx in (0.21, 0.79):
@@ -133,12 +159,20 @@ def truck(rng: np.random.Generator, size: float) -> Image.Image:
     img, d, w, h = _canvas(size, size * aspect)
     cargo = vivid(rng) if rng.random() < 0.6 else hsv(0, 0, rng.uniform(0.75, 0.95))
     cab = vivid(rng)
-    d.rectangle([0, 0, w * 0.68, h * 0.76], fill=cargo + (255,), outline=_darker(cargo) + (255,),
-                width=max(1, round(h * 0.03)))
-    d.polygon([(w * 0.7, h * 0.22), (w * 0.9, h * 0.22), (w - 1, h * 0.45), (w - 1, h * 0.78), (w * 0.7, h * 0.78)],
-              fill=cab + (255,))
-    d.polygon([(w * 0.78, h * 0.28), (w * 0.89, h * 0.28), (w * 0.96, h * 0.45), (w * 0.78, h * 0.45)],
-              fill=(190, 215, 235, 255))
+    d.rectangle(
+        [0, 0, w * 0.68, h * 0.76],
+        fill=cargo + (255,),
+        outline=_darker(cargo) + (255,),
+        width=max(1, round(h * 0.03)),
+    )
+    d.polygon(
+        [(w * 0.7, h * 0.22), (w * 0.9, h * 0.22), (w - 1, h * 0.45), (w - 1, h * 0.78), (w * 0.7, h * 0.78)],
+        fill=cab + (255,),
+    )
+    d.polygon(
+        [(w * 0.78, h * 0.28), (w * 0.89, h * 0.28), (w * 0.96, h * 0.45), (w * 0.78, h * 0.45)],
+        fill=(190, 215, 235, 255),
+    )
     d.rectangle([w * 0.02, h * 0.74, w * 0.98, h * 0.82], fill=(40, 40, 45, 255))
     r = h * 0.16
     for fx in (0.12, 0.3, 0.85):
@@ -161,8 +195,15 @@ def person(rng: np.random.Generator, size: float) -> Image.Image:
     lift = rng.random() < 0.3
     d.rectangle([1, h * 0.24, 1 + arm, h * 0.55], fill=shirt + (255,))
     if lift:
-        d.polygon([(w - 1 - arm, h * 0.26), (w - 1, h * 0.26), (w - 1, h * 0.02 + hr), (w - 1 - arm, h * 0.02 + hr)],
-                  fill=shirt + (255,))
+        d.polygon(
+            [
+                (w - 1 - arm, h * 0.26),
+                (w - 1, h * 0.26),
+                (w - 1, h * 0.02 + hr),
+                (w - 1 - arm, h * 0.02 + hr),
+            ],
+            fill=shirt + (255,),
+        )
     else:
         d.rectangle([w - 1 - arm, h * 0.24, w - 1, h * 0.55], fill=shirt + (255,))
     d.rectangle([w * 0.22, h * 0.56, w * 0.47, h - 1], fill=pants + (255,))
@@ -189,8 +230,20 @@ def cross(rng: np.random.Generator, size: float) -> Image.Image:
     img, d, w, _ = _canvas(size, size)
     t = w * rng.uniform(0.15, 0.2)
     c = w / 2
-    pts = [(c - t, 0), (c + t, 0), (c + t, c - t), (w - 1, c - t), (w - 1, c + t), (c + t, c + t),
-           (c + t, w - 1), (c - t, w - 1), (c - t, c + t), (0, c + t), (0, c - t), (c - t, c - t)]
+    pts = [
+        (c - t, 0),
+        (c + t, 0),
+        (c + t, c - t),
+        (w - 1, c - t),
+        (w - 1, c + t),
+        (c + t, c + t),
+        (c + t, w - 1),
+        (c - t, w - 1),
+        (c - t, c + t),
+        (0, c + t),
+        (0, c - t),
+        (c - t, c - t),
+    ]
     col = vivid(rng)
     d.polygon(pts, fill=col + (255,), outline=_darker(col) + (255,), width=max(1, round(w * 0.03)))
     return _finish(img, size, size)
@@ -201,7 +254,9 @@ def crescent(rng: np.random.Generator, size: float) -> Image.Image:
     img, d, w, _ = _canvas(size, size)
     r = w / 2 - 1
     col = vivid(rng)
-    d.ellipse([1, 1, 2 * r, 2 * r], fill=col + (255,), outline=_darker(col) + (255,), width=max(1, round(w * 0.03)))
+    d.ellipse(
+        [1, 1, 2 * r, 2 * r], fill=col + (255,), outline=_darker(col) + (255,), width=max(1, round(w * 0.03))
+    )
     off, r2 = r * rng.uniform(0.55, 0.7), r * 0.85
     d.ellipse([r + off - r2, r - r2 - off * 0.2, r + off + r2, r + r2 - off * 0.2], fill=(0, 0, 0, 0))
     return _finish(img, size, size)
@@ -238,7 +293,11 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 PAINTERS: dict[str, tuple[tuple[str, Painter, tuple[float, float]], ...]] = {
     # task -> ((class name, painter, (min, max) longest side in px on a 256 canvas)), ...)
-    "signs": (("stop", stop_sign, (18, 72)), ("yield", yield_sign, (20, 72)), ("round", round_sign, (18, 72))),
+    "signs": (
+        ("stop", stop_sign, (18, 72)),
+        ("yield", yield_sign, (20, 72)),
+        ("round", round_sign, (18, 72)),
+    ),
     "vehicles": (("car", car, (36, 110)), ("truck", truck, (40, 110))),
     "people": (("person", person, (32, 100)),),
     "shapes": (("star", star, (20, 72)), ("cross", cross, (18, 64)), ("crescent", crescent, (20, 72))),

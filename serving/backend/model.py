@@ -98,7 +98,7 @@ class TritonPythonModel:
                     wanted.append(name)
         try:
             feeds = {n: np.concatenate([f[n] for _, f in members]) for n in self.input_names}
-            outputs = dict(zip(wanted, self.session.run(wanted, feeds)))
+            outputs = dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
         except Exception as err:  # noqa: BLE001 (every failure becomes a response, never a crash)
             for idx, _ in members:
                 responses[idx] = _error(f"{self.name}: onnxruntime failed: {err}")

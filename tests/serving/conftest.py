@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,7 +56,9 @@ class FakeHead(nn.Module):
         scores, order = torch.sort(torch.sigmoid(self.score(g)), dim=1, descending=True)  # (B, K)
         raw = torch.sigmoid(self.box(g)).view(-1, MAX_DETS, 4) * SIZE  # (B, K, 4)
         raw = torch.gather(raw, 1, order.unsqueeze(-1).expand(-1, -1, 4))
-        boxes = torch.cat([torch.minimum(raw[..., :2], raw[..., 2:]), torch.maximum(raw[..., :2], raw[..., 2:])], -1)
+        boxes = torch.cat(
+            [torch.minimum(raw[..., :2], raw[..., 2:]), torch.maximum(raw[..., :2], raw[..., 2:])], -1
+        )
         keep = scores > 0.5  # (B, K)
         classes = torch.where(keep, order % self.num_classes, torch.full_like(order, -1))
         num_dets = keep.sum(1, keepdim=True).to(torch.int64)  # (B, 1)
@@ -66,17 +69,33 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _export_trunk(seed: int, path: Path) -> None:
+    torch.onnx.export(
+        FakeTrunk(seed).eval(),
+        (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8),),
+        str(path),
+        input_names=["images"],
+        output_names=["p3", "p4", "p5"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={n: {0: "batch"} for n in ("images", "p3", "p4", "p5")},
+    )
+
+
 def export_trunk(workdir: Path, name: str, seed: int) -> Path:
     vdir = workdir / "trunk" / name
     vdir.mkdir(parents=True, exist_ok=True)
     path = vdir / "model.onnx"
-    torch.onnx.export(
-        FakeTrunk(seed).eval(), (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8),), str(path),
-        input_names=["images"], output_names=["p3", "p4", "p5"], opset_version=17, dynamo=False,
-        dynamic_axes={n: {0: "batch"} for n in ("images", "p3", "p4", "p5")},
-    )
-    meta = {"name": name, "input_size": SIZE, "channels": {"p3": CHANNELS, "p4": CHANNELS, "p5": CHANNELS},
-            "sha256": _sha(path), "admitted": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: the one the project uses
+        _export_trunk(seed, path)
+    meta = {
+        "name": name,
+        "input_size": SIZE,
+        "channels": {"p3": CHANNELS, "p4": CHANNELS, "p5": CHANNELS},
+        "sha256": _sha(path),
+        "admitted": True,
+    }
     (vdir / "variant.json").write_text(json.dumps(meta))
     return path
 
@@ -87,13 +106,26 @@ def export_head(workdir: Path, task: str, classes: list[str], seed: int) -> Path
     path = hdir / "model.onnx"
     feats = tuple(torch.zeros(1, CHANNELS, SIZE // s, SIZE // s) for s in (8, 16, 32))
     outs = ["num_dets", "boxes", "scores", "classes"]
-    torch.onnx.export(
-        FakeHead(seed, len(classes)).eval(), feats, str(path), input_names=["p3", "p4", "p5"],
-        output_names=outs, opset_version=17, dynamo=False,
-        dynamic_axes={n: {0: "batch"} for n in ("p3", "p4", "p5", *outs)},
-    )
-    meta = {"task": task, "classes": classes, "category_ids": list(range(1, len(classes) + 1)),
-            "input_size": SIZE, "max_dets": MAX_DETS, "sha256": _sha(path)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            FakeHead(seed, len(classes)).eval(),
+            feats,
+            str(path),
+            input_names=["p3", "p4", "p5"],
+            output_names=outs,
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={n: {0: "batch"} for n in ("p3", "p4", "p5", *outs)},
+        )
+    meta = {
+        "task": task,
+        "classes": classes,
+        "category_ids": list(range(1, len(classes) + 1)),
+        "input_size": SIZE,
+        "max_dets": MAX_DETS,
+        "sha256": _sha(path),
+    }
     (hdir / "head.json").write_text(json.dumps(meta))
     return path
 
@@ -133,6 +165,14 @@ def random_images(n: int, seed: int = 0) -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def fakes() -> SimpleNamespace:
     """The helpers and constants of this module, for test files (they cannot import conftest)."""
-    return SimpleNamespace(SIZE=SIZE, CHANNELS=CHANNELS, MAX_DETS=MAX_DETS, TASKS=TASKS, EXTRA_TASK=EXTRA_TASK,
-                           export_head=export_head, export_trunk=export_trunk, random_images=random_images,
-                           make_workspace=make_workspace)
+    return SimpleNamespace(
+        SIZE=SIZE,
+        CHANNELS=CHANNELS,
+        MAX_DETS=MAX_DETS,
+        TASKS=TASKS,
+        EXTRA_TASK=EXTRA_TASK,
+        export_head=export_head,
+        export_trunk=export_trunk,
+        random_images=random_images,
+        make_workspace=make_workspace,
+    )

@@ -104,7 +104,8 @@ def test_color_jitter_changes_pixels_but_not_boxes():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"hflip_prob": 1.5}, {"scale_range": (1.2, 0.8)}, {"scale_range": (0.0, 1.0)}, {"color_jitter": 1.0}]
+    "kwargs",
+    [{"hflip_prob": 1.5}, {"scale_range": (1.2, 0.8)}, {"scale_range": (0.0, 1.0)}, {"color_jitter": 1.0}],
 )
 def test_invalid_config_raises_config_error(kwargs):
     with pytest.raises(ConfigError):

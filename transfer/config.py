@@ -1,0 +1,168 @@
+"""The training configuration: YAML validated into frozen dataclasses (unknown keys rejected by name)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the COCO files are.
+
+    Attributes:
+        root: Dataset directory holding ``images/`` and ``<task>/{train,val}.json`` (relative paths
+            are resolved against the config file's directory).
+        tasks: Tasks trained jointly with the trunk.
+        images: Images directory, relative to ``root``.
+    """
+
+    root: str = "data"
+    tasks: tuple[str, ...] = ("signs", "vehicles", "people")
+    images: str = "images"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: Passes over the training images.
+        batch_size: Images per step.
+        lr: Peak AdamW learning rate (cosine decay after a linear warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        seed: Seed of weights init, shuffling and augmentation.
+        threads: torch intra-op threads.
+        distill_weight: Weight of feature distillation from the teacher (0 disables).
+        bn_l1: L1 on BatchNorm scales (sparse training before pruning; 0 disables).
+    """
+
+    epochs: int = 24
+    batch_size: int = 32
+    lr: float = 4e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    seed: int = 0
+    threads: int = 2
+    distill_weight: float = 0.0
+    bn_l1: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """Task head shape and detection thresholds."""
+
+    width: int = 96
+    depth: int = 2
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.6
+    max_dets: int = 100
+
+
+@dataclass(frozen=True)
+class PolyheadConfig:
+    """The whole ``polyhead.yaml``.
+
+    Attributes:
+        input_size: Square letterbox size S of every model input (multiple of 32).
+        trunk: Trunk size name (``nano``, ``student``, ``teacher``).
+        teacher: Trunk size distilled from (``None`` = no distillation).
+    """
+
+    input_size: int = 192
+    trunk: str = "student"
+    teacher: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    head: HeadSettings = field(default_factory=HeadSettings)
+
+    def __post_init__(self):
+        if self.input_size % 32 or self.input_size < 64:
+            raise ConfigError(f"input_size must be a multiple of 32 and >= 64, got {self.input_size}")
+        if not self.data.tasks:
+            raise ConfigError("data.tasks is empty; list at least one task")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Recursively build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or 'config'}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}".lstrip(".")) for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(typing.get_args(tp)[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(raw: dict) -> PolyheadConfig:
+    """Validate a parsed YAML mapping into a :class:`PolyheadConfig`."""
+    return _build(PolyheadConfig, {} if raw is None else raw, "")
+
+
+def load_config(path: str | Path) -> PolyheadConfig:
+    """Load and validate ``polyhead.yaml`` (``yaml.safe_load``; errors name the file and the key)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; create it or run `polyhead demo`") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(cfg: PolyheadConfig) -> dict:
+    """Plain-data form (lists instead of tuples) for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: PolyheadConfig) -> str:
+    """YAML text of ``cfg``."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,120 @@
+"""ONNX export of the trunk and of task heads, with parity checks against torch."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads.export import OUTPUT_NAMES, ExportableHead
+from heads.head import DetectionHead
+from heads.postprocess import PostprocessConfig
+from shared.artifacts import atomic_write_bytes
+from shared.contract import FeatureSpec
+from shared.errors import ArtifactError
+from shared.trunk import Trunk
+
+OPSET = 17
+
+
+def _export_bytes(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str]) -> bytes:
+    buf = io.BytesIO()
+    module = module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow in eager NMS
+        torch.onnx.export(
+            module, args, buf, input_names=inputs, output_names=outputs, opset_version=OPSET,
+            dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def session(path_or_bytes: str | Path | bytes, threads: int = 1):
+    """An onnxruntime CPU session with ``threads`` intra-op threads and spinning off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    try:
+        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"onnxruntime cannot load {path_or_bytes if not isinstance(path_or_bytes, bytes) else 'model'}: {exc}") from None
+
+
+def export_trunk(trunk: Trunk, path: str | Path, input_size: int, check_images: torch.Tensor | None = None) -> float:
+    """Export ``images (B,3,S,S) uint8 -> p3, p4, p5`` and check parity.
+
+    Args:
+        trunk: The trunk (set to eval).
+        path: Destination ``model.onnx`` (written atomically).
+        input_size: S.
+        check_images: Optional real ``(B,3,S,S)`` uint8 images for the parity check (random ones are
+            always checked too).
+
+    Returns:
+        Max abs difference of the features between onnxruntime and torch (raises if > 1e-4).
+    """
+    names = [s.name for s in trunk.feature_specs]
+    dummy = torch.randint(0, 256, (2, 3, input_size, input_size), dtype=torch.uint8)
+    data = _export_bytes(trunk, (dummy,), ["images"], names)
+    batches = [torch.randint(0, 256, (3, 3, input_size, input_size), dtype=torch.uint8)]
+    if check_images is not None:
+        batches.append(check_images)
+    sess, diff = session(data, threads=2), 0.0
+    for images in batches:
+        with torch.no_grad():
+            ref = trunk.eval()(images)
+        got = sess.run(names, {"images": images.numpy()})
+        diff = max(diff, *(float(np.abs(ref[n].numpy() - g).max()) for n, g in zip(names, got)))
+    if diff > 1e-4:
+        raise ArtifactError(f"trunk ONNX parity failed: max abs diff {diff:.2e} > 1e-4")
+    atomic_write_bytes(path, data)
+    return diff
+
+
+def export_head(
+    head: DetectionHead,
+    path: str | Path,
+    input_size: int,
+    post: PostprocessConfig,
+    check_features: Sequence[dict[str, torch.Tensor]] = (),
+) -> int:
+    """Export ``p3, p4, p5 -> num_dets, boxes, scores, classes`` (decode + NMS in graph) and check parity.
+
+    Args:
+        head: The head (set to eval).
+        path: Destination ``model.onnx`` (written atomically).
+        input_size: Input size S the features come from (to shape the dummy inputs).
+        post: Thresholds baked into the graph.
+        check_features: Real feature batches to compare on (random features are always checked).
+
+    Returns:
+        Number of images compared. Raises when detections differ.
+    """
+    specs: tuple[FeatureSpec, ...] = head.specs
+    exportable = ExportableHead(head, post).eval()
+
+    def random_feats(b: int) -> dict[str, torch.Tensor]:
+        return {s.name: torch.randn(b, s.channels, -(-input_size // s.stride), -(-input_size // s.stride)) for s in specs}
+
+    names = [s.name for s in specs]
+    data = _export_bytes(exportable, tuple(random_feats(2).values()), names, list(OUTPUT_NAMES))
+    sess, compared = session(data), 0
+    for feats in [random_feats(2), *check_features]:
+        with torch.no_grad():
+            ref = [t.numpy() for t in exportable(*(feats[n] for n in names))]
+        got = sess.run(list(OUTPUT_NAMES), {n: feats[n].numpy() for n in names})
+        if not (np.array_equal(ref[0], got[0]) and np.array_equal(ref[3], got[3])
+                and np.allclose(ref[1], got[1], atol=1e-3) and np.allclose(ref[2], got[2], atol=1e-5)):
+            raise ArtifactError("head ONNX parity failed: detections differ between torch and onnxruntime")
+        compared += len(ref[0])
+    atomic_write_bytes(path, data)
+    return compared

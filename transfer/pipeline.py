@@ -1,0 +1,85 @@
+"""The `polyhead train` job: train trunk + heads, export them, and record their mAP in the workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from heads.postprocess import PostprocessConfig
+from shared.artifacts import atomic_write_bytes
+from shared.workspace import Workspace
+from transfer.config import PolyheadConfig, dump_config, load_config
+from transfer.model import MultiTaskModel, load_checkpoint
+from transfer.publish import REFERENCE, evaluate_head, publish_head, publish_trunk, sample_images
+from transfer.train import load_tasks, train
+
+
+@dataclass
+class TrainReport:
+    """What `polyhead train` did: per-task mAP on the reference trunk, sizes and time."""
+
+    maps: dict[str, dict[str, float]]
+    trunk_params: int
+    head_params: dict[str, int]
+    seconds: float
+
+
+def resolve_config(ws: Workspace, config: str | Path | None) -> PolyheadConfig:
+    """Use ``config`` (copied into the workspace) or the workspace's own ``polyhead.yaml``, or defaults."""
+    if config is not None:
+        cfg = load_config(config)
+        atomic_write_bytes(ws.config, dump_config(cfg).encode())
+        return cfg
+    if ws.config.exists():
+        return load_config(ws.config)
+    cfg = PolyheadConfig()
+    atomic_write_bytes(ws.config, dump_config(cfg).encode())
+    return cfg
+
+
+def data_root(ws: Workspace, cfg: PolyheadConfig) -> Path:
+    """Dataset directory (``data.root`` relative to the workspace)."""
+    root = Path(cfg.data.root)
+    return root if root.is_absolute() else ws.root / root
+
+
+def post_config(cfg: PolyheadConfig) -> PostprocessConfig:
+    """Detection thresholds from the config."""
+    return PostprocessConfig(cfg.head.score_threshold, cfg.head.iou_threshold, cfg.head.max_dets)
+
+
+def publish_model(ws: Workspace, cfg: PolyheadConfig, model: MultiTaskModel, variant: str = REFERENCE) -> dict:
+    """Export ``model``'s trunk as ``variant`` and its heads, then evaluate every head on it."""
+    root = data_root(ws, cfg)
+    val = load_tasks(cfg, root, "val")
+    images = sample_images(next(iter(val.values())), cfg.input_size, 4)
+    model.eval()
+    publish_trunk(ws, model.trunk, variant, cfg.input_size, images, {"role": "reference"})
+    with torch.no_grad():
+        feats = model.trunk(images)
+    maps = {}
+    for name, head in model.heads.items():
+        publish_head(ws, name, head, model.tasks[name], cfg.input_size, post_config(cfg), [feats],
+                     {"reference_trunk": variant})
+        maps[name] = evaluate_head(ws, name, variant, val[name], cfg.input_size)
+    return maps
+
+
+def run_train(
+    workdir: str | Path, config: str | Path | None = None, teacher_checkpoint: str | Path | None = None,
+    resume: bool = True, progress: bool = True,
+) -> TrainReport:
+    """Train (resumable), export, evaluate. The checkpoint is ``checkpoints/<trunk>.pt``."""
+    ws = Workspace.at(workdir)
+    cfg = resolve_config(ws, config)
+    teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint else None
+    result = train(cfg, data_root(ws, cfg), ws.checkpoints / f"{cfg.trunk}.pt", teacher, resume, progress)
+    maps = publish_model(ws, cfg, result.model)
+    return TrainReport(
+        maps,
+        sum(p.numel() for p in result.model.trunk.parameters()),
+        {n: sum(p.numel() for p in h.parameters()) for n, h in result.model.heads.items()},
+        result.seconds,
+    )
