@@ -91,7 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--server", help="HOST:PORT of a Triton gRPC endpoint")
     e.add_argument("--json", help="write {\"map\": ..., \"map50\": ...} here")
     e.set_defaults(func=_cmd_eval)
+    for register in _extensions():
+        register(sub, workdir)
     return p
+
+
+def _extensions():
+    """Subcommands defined next to their feature: each module has ``register(subparsers, add_workdir)``."""
+    import importlib
+
+    names = ["serving.cli_serving", "serving.cli_compress", "serving.cli_monitor"]
+    found = []
+    for name in names:
+        try:
+            found.append(importlib.import_module(name).register)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,7 +145,9 @@ class EmbeddedTriton:
         cmd = self.command()
         env = triton_environment().env
         if self.log_path is None:
-            self.log_path = Path(tempfile.mkstemp(prefix="polyhead-triton-", suffix=".log")[1])
+            fd, name = tempfile.mkstemp(prefix="polyhead-triton-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(

@@ -36,7 +36,8 @@ class FeatureDistiller(nn.Module):
 
 def response_distillation(student: HeadOutput, teacher: HeadOutput) -> Tensor:
     """Head-level distillation: BCE of student class logits towards the teacher's probabilities,
-    plus L1 between box distances (in strides) weighted by the teacher's confidence."""
+    plus L1 between box distances (in strides) weighted by the teacher's confidence.
+    """
     t_prob = teacher.logits.detach().sigmoid()  # (B, A, C)
     cls = F.binary_cross_entropy_with_logits(student.logits, t_prob)
     conf = t_prob.amax(-1, keepdim=True)  # (B, A, 1)

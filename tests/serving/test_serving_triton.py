@@ -242,7 +242,7 @@ def test_serve_forever_reports_a_server_that_dies(tmp_path, fakes):
     )
 
     def kill_when_up():
-        while not server.is_ready():
+        while server.startup_s is None:  # start() returned
             time.sleep(0.05)
         os.kill(server.pid, signal.SIGKILL)
 

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from heads.export import OUTPUT_NAMES, ExportableHead
+from heads.head import DetectionHead, HeadConfig
+from heads.postprocess import PostprocessConfig, postprocess
+from shared.trunk import build_trunk
+from transfer.onnx_export import export_head, export_trunk, session
+
+
+@pytest.fixture(scope="module")
+def trunk_and_head():
+    torch.manual_seed(0)
+    trunk = build_trunk("nano").eval()
+    head = DetectionHead(trunk.feature_specs, HeadConfig(3, width=16)).eval()
+    with torch.no_grad():  # spread the scores so that the order of detections is unambiguous
+        for pred in head.preds.values():
+            pred.weight.normal_(0, 0.3)
+    return trunk, head
+
+
+def test_trunk_onnx_matches_torch(tmp_path, trunk_and_head):
+    trunk, _ = trunk_and_head
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    diff = export_trunk(trunk, tmp_path / "trunk.onnx", 96, images)
+    assert diff <= 1e-4
+    sess = session(tmp_path / "trunk.onnx")
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    out = sess.run(None, {"images": np.zeros((5, 3, 96, 96), np.uint8)})  # dynamic batch
+    assert [o.shape for o in out] == [(5, 32, 12, 12), (5, 32, 6, 6), (5, 32, 3, 3)]
+
+
+def test_head_onnx_detections_equal_torch(tmp_path, trunk_and_head):
+    trunk, head = trunk_and_head
+    post = PostprocessConfig(score_threshold=0.3, iou_threshold=0.5, max_dets=20)
+    export_head(head, tmp_path / "head.onnx", 96, post)
+    sess = session(tmp_path / "head.onnx")
+    images = torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        feats = trunk(images)
+        ref = ExportableHead(head, post).eval()(*feats.values())
+        eager = postprocess(head(feats), post)
+    got = sess.run(list(OUTPUT_NAMES), {k: v.numpy() for k, v in feats.items()})
+    assert got[0].shape == (3, 1) and got[1].shape == (3, 20, 4) and got[3].dtype == np.int64
+    np.testing.assert_array_equal(got[0], ref[0].numpy())
+    np.testing.assert_array_equal(got[3], ref[3].numpy())
+    np.testing.assert_allclose(got[1], ref[1].numpy(), atol=1e-3)
+    np.testing.assert_allclose(got[2], ref[2].numpy(), atol=1e-5)
+    # The in-graph NMS and the eager post-processing keep the same detections.
+    for i, det in enumerate(eager):
+        n = int(got[0][i, 0])
+        assert n == len(det.scores)
+        np.testing.assert_allclose(got[2][i, :n], det.scores.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(got[3][i, :n], det.classes.numpy())
+        assert (got[3][i, n:] == -1).all() and (got[2][i, n:] == 0).all()
