@@ -52,6 +52,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, fast=args.fast)
 
 
+def _cmd_bench_serving(args: argparse.Namespace) -> int:
+    from serving.bench_serving import format_table, run_serving_bench, write_json
+
+    tasks = [int(x) for x in args.tasks.split(",")]
+    result = run_serving_bench(args.workdir, tasks, args.variant, args.concurrency, args.seconds,
+                               progress=lambda row: print(f"  N={row['tasks']}: {row['speedup']:.2f}x", flush=True))
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="polyhead", description=__doc__)
@@ -91,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--server", help="HOST:PORT of a Triton gRPC endpoint")
     e.add_argument("--json", help="write {\"map\": ..., \"map50\": ...} here")
     e.set_defaults(func=_cmd_eval)
+    bench = sub.add_parser("bench", help="benchmarks (tables; --json for scripts)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bs = bench_sub.add_parser("serving", help="shared trunk vs independent detectors on the embedded Triton")
+    workdir(bs)
+    bs.add_argument("--tasks", default="1,2,4,8", help="comma-separated task counts (default: %(default)s)")
+    bs.add_argument("--variant", default="reference")
+    bs.add_argument("--concurrency", type=int, default=4)
+    bs.add_argument("--seconds", type=float, default=10.0, help="measurement time per side and N")
+    bs.add_argument("--json", help="write the results here")
+    bs.set_defaults(func=_cmd_bench_serving)
+    p.set_defaults(bench_subparsers=bench_sub)
     for register in _extensions():
         register(sub, workdir)
     return p

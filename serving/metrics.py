@@ -85,7 +85,6 @@ class PolyheadMetrics:
         self.variant_info = Gauge(
             "polyhead_trunk_variant_info", "1 for the live trunk variant.", ["variant", "version"], registry=r
         )
-        self.live_version = Gauge("polyhead_live_trunk_version", "Live trunk version number.", registry=r)
         self.objective = Gauge(
             "polyhead_slo_objective_seconds", "Latency objective (p95) per task.", ["task"], registry=r
         )
@@ -98,6 +97,7 @@ class PolyheadMetrics:
             ["from", "to", "reason"],
             registry=r,
         )
+        self.live_version: Gauge | None = None  # created on first use: only processes that know it export it
         self._objectives: dict[str, float] = {}
         self._live: tuple[str, str] | None = None
 
@@ -141,6 +141,10 @@ class PolyheadMetrics:
         if self._live is not None and self._live != key:
             self.variant_info.remove(*self._live)
         self.variant_info.labels(*key).set(1)
+        if self.live_version is None:
+            self.live_version = Gauge(
+                "polyhead_live_trunk_version", "Live trunk version number.", registry=self.registry
+            )
         self.live_version.set(version)
         self._live = key
 
@@ -200,16 +204,10 @@ class InstrumentedDetector:
         return [tasks] if isinstance(tasks, str) else list(tasks)
 
     def _record_failure(self, tasks: str | Sequence[str] | None, err: Exception) -> None:
-        code = error_code(err)
-        if isinstance(err, UnknownTaskError):
-            wanted = [UNKNOWN_TASK_LABEL]
-        else:
+        wanted = [UNKNOWN_TASK_LABEL]
+        if not isinstance(err, UnknownTaskError):
             try:
-                wanted = self._wanted(tasks) or [UNKNOWN_TASK_LABEL]
-            except Exception:  # server down: the task list itself is unreachable
-                wanted = [UNKNOWN_TASK_LABEL] if tasks is None else self._names(tasks)
-        self.metrics.observe(wanted, "", 0.0, code=code)
-
-    @staticmethod
-    def _names(tasks: str | Sequence[str]) -> list[str]:
-        return [tasks] if isinstance(tasks, str) else list(tasks)
+                wanted = self._wanted(tasks) or wanted
+            except Exception:  # server down: the served task list is unreachable too
+                pass
+        self.metrics.observe(wanted, "", 0.0, code=error_code(err))

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from serving.manifest_facts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from serving.model_configs import read_config
 from serving.triton_env import triton_environment
 from shared.errors import ServingError
@@ -52,9 +53,9 @@ class EmbeddedTriton:
     def __init__(
         self,
         repository: Path,
-        grpc_port: int = 8001,
-        http_port: int = 8000,
-        metrics_port: int = 8002,
+        grpc_port: int = GRPC_PORT,
+        http_port: int = HTTP_PORT,
+        metrics_port: int = METRICS_PORT,
         host: str = "127.0.0.1",
         models: list[str] | None = None,
         log_file: Path | None = None,

@@ -1,0 +1,164 @@
+"""``polyhead monitor`` (exporter beside Triton) and ``polyhead optimize`` (the latency controller)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from shared.errors import ConfigError
+
+#: Keys of the ``polyhead optimize --config`` YAML (anything else is rejected).
+OPTIMIZE_KEYS = {
+    "prometheus", "server", "repository", "objectives_ms", "high", "low", "breach_evals",
+    "recover_evals", "cooldown_s", "interval_s", "source", "device", "metrics_port", "dry_run",
+}  # fmt: skip
+
+
+def parse_slo(items: list[str]) -> dict[str, float]:
+    """``["cars=50", "people=80"]`` (milliseconds) -> ``{"cars": 0.05, "people": 0.08}`` seconds.
+
+    Raises:
+        ConfigError: Malformed item or non-positive value.
+    """
+    out = {}
+    for item in items or []:
+        task, sep, value = item.partition("=")
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if not sep or not task or not ms > 0:
+            raise ConfigError(f"--slo {item!r}: expected TASK=MILLISECONDS with a positive number, e.g. cars=50")
+        out[task] = ms / 1e3
+    return out
+
+
+def load_optimize_yaml(path: Path) -> dict:
+    """Read the controller YAML; unknown keys are rejected by name.
+
+    Raises:
+        ConfigError: Unreadable file, not a mapping, or an unknown key.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read controller config {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of options, got {type(data).__name__}")
+    unknown = sorted(set(data) - OPTIMIZE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(OPTIMIZE_KEYS)}")
+    return data
+
+
+def _wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from serving.exporter import TritonExporter
+    from serving.metrics import PolyheadMetrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = PolyheadMetrics()
+    metrics.set_objectives(parse_slo(args.slo))
+    exporter = TritonExporter(args.triton_metrics, metrics, server=args.server)
+    metrics.serve(args.metrics_port, addr=args.address)
+    print(f"polyhead monitor: reading {args.triton_metrics} every {args.interval:g} s; "
+          f"serving http://{args.address}:{args.metrics_port}/metrics")  # fmt: skip
+    stop = _wait_for_signal()
+    exporter.run(args.interval, stop)
+    return 0
+
+
+def _optimize_options(args: argparse.Namespace) -> dict:
+    """Command-line flags over the YAML file over defaults."""
+    opts = load_optimize_yaml(args.config) if args.config else {}
+    objectives = {t: float(ms) / 1e3 for t, ms in (opts.pop("objectives_ms", None) or {}).items()}
+    objectives.update(parse_slo(args.slo))
+    opts["objectives_s"] = objectives
+    for key in ("prometheus", "server", "repository", "high", "low", "breach_evals", "recover_evals",
+                "cooldown_s", "interval_s", "source", "device", "metrics_port"):  # fmt: skip
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    opts["dry_run"] = bool(args.dry_run or opts.get("dry_run", False))
+    for key in ("prometheus", "server"):
+        if not opts.get(key):
+            raise ConfigError(f"polyhead optimize needs --{key} (or '{key}:' in --config)")
+    return opts
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from serving.controller import Controller, ControllerConfig, Policy, PrometheusReader, TrunkSwitcher, read_variants
+    from serving.metrics import PolyheadMetrics
+    from serving.repository import read_trunk_versions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts = _optimize_options(args)
+    repo = Path(opts.get("repository") or Path(args.workdir) / "model_repository")
+    keys = ("high", "low", "breach_evals", "recover_evals", "cooldown_s", "interval_s")
+    tuning = {k: opts[k] for k in keys if k in opts}
+    config = ControllerConfig(objectives_s=opts["objectives_s"], **tuning)
+    variants = read_variants(Path(args.workdir), repo, opts.get("device"))
+    switcher = TrunkSwitcher(repo, opts["server"])
+    live = read_trunk_versions(repo).get(switcher.live_version())
+    policy = Policy(variants, config, live)
+    metrics = PolyheadMetrics()
+    if opts.get("metrics_port"):
+        metrics.serve(int(opts["metrics_port"]), addr=args.address)
+    controller = Controller(
+        policy, PrometheusReader(opts["prometheus"]), None if opts["dry_run"] else switcher, metrics,
+        source=opts.get("source", "client"),
+    )  # fmt: skip
+    ladder = ", ".join(f"{v.name} (mAP {v.accuracy:.3f}, {v.latency_ms or 0:.1f} ms)" for v in policy.variants)
+    print(f"polyhead optimize: live {live}; variants by accuracy: {ladder}" + (" [dry run]" if opts["dry_run"] else ""))
+    if args.once:
+        decision = controller.step()
+        print(decision.to_json() if decision else "no change")
+        return 0
+    controller.run(_wait_for_signal())
+    for d in controller.decisions:
+        print(d.to_json())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``monitor`` and ``optimize`` to the ``polyhead`` subcommands."""
+    m = sub.add_parser("monitor", help="export per-task latency histograms and the live variant beside Triton")
+    m.add_argument("--triton-metrics", default="http://127.0.0.1:8002/metrics", help="Triton's metrics URL")
+    m.add_argument("--server", help="Triton gRPC HOST:PORT (to export the live trunk variant)")
+    m.add_argument("--metrics-port", type=int, default=9100, help="port of this exporter's /metrics")
+    m.add_argument("--address", default="0.0.0.0", help="address to bind (default: %(default)s)")
+    m.add_argument("--interval", type=float, default=1.0, help="seconds between polls of Triton")
+    m.add_argument("--slo", action="append", default=[], metavar="TASK=MS", help="objective to export")
+    m.set_defaults(func=_cmd_monitor)
+
+    o = sub.add_parser("optimize", help="keep every task inside its latency objective by switching trunk variants")
+    add_workdir(o)
+    o.add_argument("--config", help="YAML with the options below (flags win)")
+    o.add_argument("--prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
+    o.add_argument("--server", help="Triton gRPC HOST:PORT")
+    o.add_argument("--repository", help="model repository (default WORKDIR/model_repository)")
+    o.add_argument("--slo", action="append", default=[], metavar="TASK=MS", help="p95 objective (repeat)")
+    o.add_argument("--source", choices=["client", "server"], help="p95 from client SDK or exporter histograms")
+    o.add_argument("--high", type=float, help="step down when p95 > HIGH x objective (0.9)")
+    o.add_argument("--low", type=float, help="step up when predicted p95 < LOW x objective (0.6)")
+    o.add_argument("--breach-evals", type=int, help="evaluations over HIGH before stepping down (2)")
+    o.add_argument("--recover-evals", type=int, help="evaluations with room before stepping up (3)")
+    o.add_argument("--cooldown-s", type=float, help="seconds without decisions after a switch (60)")
+    o.add_argument("--interval-s", type=float, help="seconds between evaluations (5)")
+    o.add_argument("--device", help="variant.json latency_ms key to compare variants on")
+    o.add_argument("--metrics-port", type=int, help="export decisions on this port")
+    o.add_argument("--address", default="0.0.0.0", help="address of --metrics-port (default: %(default)s)")
+    o.add_argument("--dry-run", action="store_true", help="log decisions without applying them")
+    o.add_argument("--once", action="store_true", help="evaluate once and exit")
+    o.set_defaults(func=_cmd_optimize)

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+from k8s_helpers import OVERLAYS, render
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[dict]]:
+    """Overlay name -> its rendered manifests."""
+    return {o: render(o) for o in OVERLAYS}

@@ -1,0 +1,320 @@
+"""`add-task`: head-only transfer on the frozen reference trunk, transactional on the workspace."""
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import transfer.add_task as add_task_mod
+import transfer.feature_cache as cache_mod
+from serving.cli import main as cli_main
+from shared.artifacts import atomic_write_bytes, sha256_file
+from shared.errors import ArtifactError, ConfigError, DataError, ServingError
+from shared.trunk import trunk_config
+from shared.workspace import Workspace
+from transfer.add_task import add_task
+from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
+from transfer.feature_cache import HeadTrainConfig, build_feature_cache, load_frozen_trunk
+from transfer.model import TaskInfo, build_model, save_checkpoint
+from transfer.pipeline import publish_model
+from transfer.synth import CLASSES, generate
+
+SIZE = 64
+FAST = HeadTrainConfig(epochs=2, batch_size=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core runner, 2 torch threads can be 20x slower for these tiny nets."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def template(one_thread, tmp_path_factory) -> Path:
+    """Synthetic data + a workspace: nano trunk published as `reference` (+ a copy `narrow`, a rejected
+    variant) with one head `signs`; weights untrained (no long training in tests)."""
+    root = tmp_path_factory.mktemp("addtask")
+    generate(root / "data", seed=0, num_train=20, num_val=6, image_size=128)
+    ws = Workspace.at(root / "work")
+    cfg = PolyheadConfig(input_size=SIZE, trunk="nano", data=DataConfig(root=str(root / "data"), tasks=("signs",)),
+                         head=HeadSettings(width=16, depth=1, max_dets=20))
+    atomic_write_bytes(ws.config, dump_config(cfg).encode())
+    torch.manual_seed(0)
+    signs = TaskInfo(CLASSES["signs"], tuple(range(1, len(CLASSES["signs"]) + 1)))
+    model = build_model(trunk_config("nano"), {"signs": signs}, 16, 1)
+    save_checkpoint(ws.checkpoints / "nano.pt", model)
+    publish_model(ws, cfg, model)
+    for name, admitted in (("narrow", True), ("rejected", False)):
+        shutil.copytree(ws.variant("reference"), ws.variant(name))
+        meta = json.loads((ws.variant(name) / "variant.json").read_text())
+        (ws.variant(name) / "variant.json").write_text(json.dumps({**meta, "name": name, "admitted": admitted}))
+    return root
+
+
+@pytest.fixture()
+def env(template, tmp_path):
+    """A fresh copy of the workspace and the paths of the `shapes` task."""
+    work = tmp_path / "work"
+    shutil.copytree(template / "work", work)
+    data = template / "data"
+    return work, data / "shapes" / "train.json", data / "shapes" / "val.json", data / "images"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and directory under ``root`` (hidden ones too) -> sha256 (or 'dir')."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else sha256_file(p) for p in sorted(root.rglob("*"))}
+
+
+def test_add_task_publishes_head_with_map_for_every_admitted_variant(env):
+    work, train, val, images = env
+    before = snapshot(work)
+    report = add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST)
+    ws = Workspace.at(work)
+    meta = json.loads((ws.head("shapes") / "head.json").read_text())
+    assert set(report.maps) == set(meta["map"]) == {"reference", "narrow"}
+    assert all(0.0 <= m["map"] <= 1.0 and "map50" in m for m in meta["map"].values())
+    assert meta["sha256"] == sha256_file(ws.head("shapes") / "model.onnx")
+    assert meta["classes"] == list(CLASSES["shapes"]) and meta["input_size"] == SIZE
+    assert report.classes == CLASSES["shapes"] and report.num_views == 2 * report.num_images
+    for variant in ("reference", "narrow"):
+        assert json.loads((ws.variant(variant) / "variant.json").read_text())["map"]["shapes"] == report.maps[variant]
+    assert "shapes" not in json.loads((ws.variant("rejected") / "variant.json").read_text())["map"]
+    after = snapshot(work)
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert changed == {"trunk/reference/variant.json", "trunk/narrow/variant.json"}
+    assert set(after) - set(before) == {"heads/shapes", "heads/shapes/model.onnx", "heads/shapes/head.json"}
+    head = ort.InferenceSession(str(ws.head("shapes") / "model.onnx"), providers=["CPUExecutionProvider"])
+    strides = (8, 16, 32)
+    feats = {i.name: np.zeros([1, 32, SIZE // s, SIZE // s], np.float32) for i, s in zip(head.get_inputs(), strides)}
+    assert head.run(["num_dets"], feats)[0].shape == (1, 1)
+
+
+def test_trunk_is_bit_identical_before_and_after(env, monkeypatch):
+    work, train, val, images = env
+    seen = {}
+
+    def spy(checkpoint, trunk_cfg=None):
+        trunk = load_frozen_trunk(checkpoint, trunk_cfg)
+        seen["trunk"], seen["before"] = trunk, {k: v.clone() for k, v in trunk.state_dict().items()}
+        return trunk
+
+    monkeypatch.setattr(add_task_mod, "load_frozen_trunk", spy)
+    files = {p: sha256_file(work / p) for p in ("checkpoints/nano.pt", "trunk/reference/model.onnx")}
+    add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST)
+    after = seen["trunk"].state_dict()
+    assert set(after) == set(seen["before"])
+    assert all(torch.equal(after[k], v) for k, v in seen["before"].items())
+    assert not any(p.requires_grad for p in seen["trunk"].parameters())
+    assert files == {p: sha256_file(work / p) for p in files}
+
+
+def test_feature_cache_flip_view_mirrors_features(env):
+    work, train, _, images = env
+    from transfer.coco import load_coco
+
+    trunk = load_frozen_trunk(work / "checkpoints" / "nano.pt")
+    task = load_coco(train, images, name="shapes")
+    with build_feature_cache(trunk, task, SIZE, views=2, max_memory_mb=0) as cache:  # forces the memory map
+        assert cache.on_disk and len(cache) == 2 * len(task.images)
+        feats, targets = cache.batch(np.array([0, len(task.images)]))
+        assert feats["p3"].dtype == torch.float32 and feats["p3"].shape == (2, 32, SIZE // 8, SIZE // 8)
+        boxes, flipped = targets[0]["boxes"], targets[1]["boxes"]
+        assert torch.allclose(flipped[:, [2, 0]], SIZE - boxes[:, [0, 2]])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("images_missing", DataError, "images directory .* does not exist"),
+        ("empty_file", DataError, "bad.json: not valid JSON"),
+        ("malformed", DataError, "bad.json: not valid JSON"),
+        ("no_annotations", DataError, "bad.json: no annotated image"),
+        ("existing_name", ConfigError, "already exists"),
+        ("bad_name", ConfigError, "is invalid"),
+        ("upper_name", ConfigError, "is invalid"),
+        ("long_name", ConfigError, "is invalid"),
+        ("no_reference", ArtifactError, "reference"),
+        ("bad_server", ConfigError, "HOST:PORT"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors_and_leave_the_workspace_as_it_was(env, tmp_path, case, error, match):
+    work, train, val, images = env
+    kwargs = {"name": "shapes", "train_json": train, "val_json": val, "images": images, "server": None}
+    bad = tmp_path / "bad.json"
+    if case == "images_missing":
+        kwargs["images"] = tmp_path / "nowhere"
+    elif case == "empty_file":
+        kwargs["train_json"] = _write(bad, "")
+    elif case == "malformed":
+        kwargs["val_json"] = _write(bad, '{"images": [')
+    elif case == "no_annotations":
+        data = json.loads(Path(train).read_text())
+        kwargs["train_json"] = _write(bad, json.dumps({**data, "annotations": []}))
+    elif case == "existing_name":
+        kwargs["name"] = "signs"
+    elif case == "bad_name":
+        kwargs["name"] = "new-task"
+    elif case == "upper_name":
+        kwargs["name"] = "Shapes"
+    elif case == "long_name":
+        kwargs["name"] = "s" * 33
+    elif case == "no_reference":
+        shutil.rmtree(work / "trunk" / "reference")
+    elif case == "bad_server":
+        kwargs["server"] = "localhost"
+    before = snapshot(work)
+    with pytest.raises(error, match=match):
+        add_task(work, progress=False, train_cfg=FAST, **kwargs)
+    assert snapshot(work) == before
+
+
+class _FailingLoss:
+    """Stands in for DetectionLoss; raises ``exc`` on the second batch."""
+
+    exc: BaseException = RuntimeError("injected failure mid-training")
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, out, targets):
+        self.calls += 1
+        if self.calls == 2:
+            raise self.exc
+        return {"total": out.logits.sum() * 0.0}
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("injected failure mid-training"), KeyboardInterrupt()])
+def test_failure_mid_training_leaves_no_head(env, monkeypatch, exc):
+    work, train, val, images = env
+    monkeypatch.setattr(_FailingLoss, "exc", exc)
+    monkeypatch.setattr(cache_mod, "DetectionLoss", _FailingLoss)
+    before = snapshot(work)
+    with pytest.raises(type(exc)):
+        add_task(work, "shapes", train, val, images, progress=False, train_cfg=HeadTrainConfig(epochs=3, batch_size=8))
+    assert snapshot(work) == before and not (work / "heads" / "shapes").exists()
+
+
+@pytest.mark.parametrize("where", ["evaluate", "commit"])
+def test_failure_after_export_rolls_back_every_file(env, monkeypatch, where):
+    work, train, val, images = env
+    if where == "evaluate":  # second variant's evaluation fails: the head is only staged
+        real, calls = add_task_mod.evaluate_head, []
+
+        def evaluate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("evaluation crashed")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(add_task_mod, "evaluate_head", evaluate)
+    else:  # head renamed into place, first variant.json updated, then the second write fails
+        real_write, calls = add_task_mod.atomic_write_json, []
+
+        def write(path, obj):
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError("disk full")
+            real_write(path, obj)
+
+        monkeypatch.setattr(add_task_mod, "atomic_write_json", write)
+    before = snapshot(work)
+    with pytest.raises((RuntimeError, OSError)):
+        add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST)
+    assert snapshot(work) == before
+
+
+def test_cli_add_task_prints_map_per_variant(env, capsys):
+    work, train, val, images = env
+    code = cli_main(["add-task", "--workdir", str(work), "--name", "shapes", "--train-json", str(train),
+                     "--val-json", str(val), "--images", str(images), "--epochs", "1", "--views", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "reference" in out and "narrow" in out and "mAP" in out
+    assert cli_main(["add-task", "--workdir", str(work), "--name", "shapes", "--train-json", str(train),
+                     "--val-json", str(val), "--images", str(images)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def _servable(work: Path) -> None:
+    """Workaround until publish_trunk writes ``channels`` (serving.artifacts reads it): derive it from ``contract``."""
+    for vj in (work / "trunk").glob("*/variant.json"):
+        meta = json.loads(vj.read_text())
+        if "channels" not in meta:
+            meta["channels"] = {k: v["channels"] for k, v in meta["contract"].items()}
+            vj.write_text(json.dumps(meta))
+
+
+@pytest.mark.triton
+def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, monkeypatch):
+    import serving.repository as serving_repository
+    from serving.client import Detector
+    from serving.repository import build_repository
+    from serving.server import EmbeddedTriton, free_port
+
+    work, train, val, images = env
+    _servable(work)
+    repo = build_repository(work, max_batch_size=4).path
+    image = np.asarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3)), np.uint8)
+    stop, ok, failures = threading.Event(), [0], []
+
+    def traffic(url: str) -> None:
+        with Detector(url) as det:
+            while not stop.is_set():
+                try:
+                    det.detect(image, "signs")
+                    ok[0] += 1
+                except Exception as err:  # noqa: BLE001
+                    failures.append(repr(err))
+
+    with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+        thread = threading.Thread(target=traffic, args=(server.url,))
+        thread.start()
+        try:
+            time.sleep(0.3)
+            before_repo, before_ws = snapshot(repo), snapshot(work)
+            real_add = serving_repository.add_task_to_repository
+
+            def add_broken_head(repo_, work_, task):  # the head reaches the repository corrupted: its load fails
+                summary = real_add(repo_, work_, task)
+                (repo_ / f"head_{task}" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+                return summary
+
+            monkeypatch.setattr(serving_repository, "add_task_to_repository", add_broken_head)
+            with pytest.raises(ServingError, match="restored"):
+                add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)
+            assert snapshot(repo) == before_repo and snapshot(work) == before_ws
+            with Detector(server.url) as det:
+                assert det.tasks(refresh=True) == ["signs"] and set(det.detect(image)[0].detections) == {"signs"}
+            monkeypatch.setattr(serving_repository, "add_task_to_repository", real_add)
+            report = add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            thread.join()
+        assert report.hot_added and failures == [] and ok[0] > 5
+        log = server.log_path.read_text()
+        assert log.count("successfully loaded 'trunk'") == 1  # the trunk was never reloaded
+        with Detector(server.url) as det:
+            assert "shapes" in det.tasks(refresh=True)
+            [result] = det.detect(image)
+            assert set(result.detections) == {"signs", "shapes"}
+            det.detect(image, "shapes")
+        assert json.loads((repo / "build.json").read_text())["tasks"] == ["shapes", "signs"]
+        hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*")) if p.is_file()}
+        with pytest.raises(ConfigError, match="already exists"):  # a second add of the same name: nothing changes
+            add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)
+        assert hashes == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*")) if p.is_file()}
