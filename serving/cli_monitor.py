@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -98,19 +99,20 @@ def _optimize_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from serving.controller import Controller, ControllerConfig, Policy, PrometheusReader, TrunkSwitcher, read_variants
-    from serving.metrics import PolyheadMetrics
+    from serving.controller import Controller, ControllerConfig, Policy, TrunkSwitcher, read_variants
+    from serving.metrics import PolyheadMetrics, PrometheusReader
     from serving.repository import read_trunk_versions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = _optimize_options(args)
-    repo = Path(opts.get("repository") or Path(args.workdir) / "model_repository")
     keys = ("high", "low", "breach_evals", "recover_evals", "cooldown_s", "interval_s")
-    tuning = {k: opts[k] for k in keys if k in opts}
-    config = ControllerConfig(objectives_s=opts["objectives_s"], **tuning)
-    variants = read_variants(Path(args.workdir), repo, opts.get("device"))
-    switcher = TrunkSwitcher(repo, opts["server"])
-    live = read_trunk_versions(repo).get(switcher.live_version())
+    config = ControllerConfig(objectives_s=opts["objectives_s"], **{k: opts[k] for k in keys if k in opts})
+    repo = Path(opts["repository"]) if opts.get("repository") else None
+    key = os.environ.get("POLYHEAD_ADMIN_KEY")
+    switcher = TrunkSwitcher(opts["server"], repo, headers={"polyhead-admin-key": key} if key else None)
+    versions = read_trunk_versions(repo) if repo is not None else switcher.versions()
+    variants = read_variants(Path(args.workdir), versions, opts.get("device"))
+    live = versions.get(switcher.live_version())
     policy = Policy(variants, config, live)
     metrics = PolyheadMetrics()
     if opts.get("metrics_port"):
@@ -147,7 +149,8 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     o.add_argument("--config", help="YAML with the options below (flags win)")
     o.add_argument("--prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     o.add_argument("--server", help="Triton gRPC HOST:PORT")
-    o.add_argument("--repository", help="model repository (default WORKDIR/model_repository)")
+    o.add_argument("--repository", help="local repository the server reads: pin versions there (persists); "
+                   "default: reload with a config override on every replica (S3/GCS repositories)")
     o.add_argument("--slo", action="append", default=[], metavar="TASK=MS", help="p95 objective (repeat)")
     o.add_argument("--source", choices=["client", "server"], help="p95 from client SDK or exporter histograms")
     o.add_argument("--high", type=float, help="step down when p95 > HIGH x objective (0.9)")

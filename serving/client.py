@@ -2,7 +2,8 @@
 
 Everything the client needs comes from the server: input size from the ``trunk`` config, class
 names from each ``head_<task>`` config's ``classes`` parameter, served tasks from the ready
-``detect_<task>`` models of the repository index.
+``detect_<task>`` models of the repository index (or, where the index is restricted to the
+model-control key, of the inference statistics, which list the loaded models).
 
 Example:
     >>> det = Detector("127.0.0.1:8001")
@@ -24,6 +25,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from serving import client_core as core
+from serving.admin import is_restricted_error
 from serving.client_core import Detection, ImageResult, UnknownTaskError
 from shared.errors import ServingError
 
@@ -47,6 +49,7 @@ class _Base:
         self._tasks: tuple[str, ...] | None = None
         self._tasks_at = 0.0
         self._ready_models: set[str] = set()
+        self._index_restricted = False  # the server wants the admin key for its index: use statistics
 
     def refresh(self) -> None:
         """Forget cached server metadata (tasks, model configs); the next call re-reads it."""
@@ -67,7 +70,8 @@ class _Base:
 
     def _retry_delay(self, err: InferenceServerException, attempt: int) -> float | None:
         """Seconds to wait before retrying, or ``None`` when ``err`` is not retryable."""
-        if "UNAVAILABLE" in str(err.status()) and attempt < self.retries:
+        restricted = is_restricted_error(str(err.message()))  # a refusal, not an outage: retrying is futile
+        if "UNAVAILABLE" in str(err.status()) and not restricted and attempt < self.retries:
             return self.backoff_s * (2**attempt)
         return None
 
@@ -78,7 +82,7 @@ class _Base:
                 f"model '{model}' at {self.url}: no answer within {self.timeout_s} s "
                 "(raise timeout_s or check server load)"
             )
-        if "UNAVAILABLE" in status:
+        if "UNAVAILABLE" in status and not is_restricted_error(str(err.message())):
             return ServingError(
                 f"server {self.url} unavailable after {self.retries + 1} attempts "
                 f"(model '{model}'): {err.message()}; is it running?"
@@ -167,8 +171,16 @@ class Detector(_Base):
     def tasks(self, refresh: bool = False) -> list[str]:
         """Served tasks: those with a READY ``detect_<task>`` model, sorted."""
         if refresh or not self._tasks_fresh():
-            index = self._call("<repository index>", self._client.get_model_repository_index)
-            return self._set_index(index.models)
+            if not self._index_restricted:
+                try:
+                    index = self._call("<repository index>", self._client.get_model_repository_index)
+                    return self._set_index(index.models)
+                except ServingError as err:
+                    if not is_restricted_error(str(err)):
+                        raise
+                    self._index_restricted = True
+            stats = self._call("<statistics>", self._client.get_inference_statistics)
+            return self._set_index(core.ready_from_statistics(stats))
         return list(self._tasks or ())
 
     def detect(self, images: object, tasks: str | Sequence[str] | None = None) -> list[ImageResult]:
@@ -255,8 +267,16 @@ class AsyncDetector(_Base):
     async def tasks(self, refresh: bool = False) -> list[str]:
         """Served tasks: those with a READY ``detect_<task>`` model, sorted."""
         if refresh or not self._tasks_fresh():
-            index = await self._call("<repository index>", self._client.get_model_repository_index)
-            return self._set_index(index.models)
+            if not self._index_restricted:
+                try:
+                    index = await self._call("<repository index>", self._client.get_model_repository_index)
+                    return self._set_index(index.models)
+                except ServingError as err:
+                    if not is_restricted_error(str(err)):
+                        raise
+                    self._index_restricted = True
+            stats = await self._call("<statistics>", self._client.get_inference_statistics)
+            return self._set_index(core.ready_from_statistics(stats))
         return list(self._tasks or ())
 
     async def detect(self, images: object, tasks: str | Sequence[str] | None = None) -> list[ImageResult]:

@@ -207,6 +207,23 @@ def class_names(config: object, model: str) -> tuple[str, ...]:
         ) from err
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model the server has loaded (what the client needs of a repository-index entry)."""
+
+    name: str
+    state: str = "READY"
+
+
+def ready_from_statistics(stats: object) -> list[ServedModel]:
+    """Loaded models from an inference-statistics answer (it lists only ready models).
+
+    Used when the repository index is restricted to holders of the model-control key
+    (:mod:`serving.admin`): statistics stay open to serving clients.
+    """
+    return [ServedModel(name) for name in sorted({m.name for m in stats.model_stats})]
+
+
 def ensemble_tasks(config: object) -> tuple[str, ...]:
     """Tasks a fan-out ``detect`` config serves (from its ``<task>_boxes`` outputs)."""
     return tuple(o.name[: -len("_boxes")] for o in config.output if o.name.endswith("_boxes"))

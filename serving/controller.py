@@ -8,7 +8,7 @@ Pieces (composed by :class:`Controller`, each testable alone):
   p95/objective, ``breach_evals``/``recover_evals`` consecutive evaluations) and a cool-down
   after each switch at least as long as the recording rules' rate window, so the p95 that
   triggered a switch is not read again as a reason for the next one.
-* :class:`PrometheusReader`: p95 per task from Prometheus' HTTP API (``/api/v1/query``).
+* :class:`serving.metrics.PrometheusReader`: p95 per task from Prometheus' HTTP API.
 * :class:`TrunkSwitcher`: ``set_live_trunk_version`` + Triton ``load("trunk")`` (or a load with
   a config override, for remote repositories), on every replica; Triton keeps serving the old
   version until the new one is ready, so no request fails during a switch.
@@ -22,25 +22,15 @@ import math
 import socket
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.metrics import PolyheadMetrics
+from serving.metrics import PolyheadMetrics, PrometheusReader
 from serving.repository import read_trunk_versions, set_live_trunk_version
 from shared.errors import ArtifactError, ConfigError, ServingError
 
 log = logging.getLogger(__name__)
-
-#: Recording rules (monitoring/prometheus/rules.yml) the controller reads, by ``source``.
-P95_QUERIES = {
-    "client": "polyhead:request_latency_seconds:p95",
-    "server": "polyhead:server_latency_seconds:p95",
-}
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -243,44 +233,6 @@ def read_variants(workdir: Path, versions: Path | Mapping[int, str], device: str
     if None in latencies:  # compare like with like: all known or none
         out = [Variant(v.name, v.version, v.accuracy, None) for v in out]
     return out
-
-
-class PrometheusReader:
-    """Instant queries against Prometheus' HTTP API.
-
-    Args:
-        url: Base URL, e.g. ``http://127.0.0.1:9090``.
-        timeout_s: Per-request timeout.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-
-    def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
-        """Run an instant query; return ``(labels, value)`` per sample.
-
-        Raises:
-            ServingError: Prometheus unreachable or the query rejected.
-        """
-        qs = urllib.parse.urlencode({"query": expr})
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?{qs}", timeout=self.timeout_s) as resp:
-                body = json.loads(resp.read())
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            raise ServingError(f"Prometheus query {expr!r} at {self.url} failed: {err}") from err
-        if body.get("status") != "success":
-            raise ServingError(f"Prometheus rejected {expr!r}: {body.get('error')}")
-        return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
-
-    def p95(self, source: str = "client") -> dict[str, float | None]:
-        """p95 seconds per task from the recording rule of ``source`` (NaN -> ``None``)."""
-        if source not in P95_QUERIES:
-            raise ConfigError(f"source must be one of {sorted(P95_QUERIES)}, got {source!r}")
-        return {
-            labels.get("task", ""): None if math.isnan(value) else value
-            for labels, value in self.query(P95_QUERIES[source])
-        }
 
 
 class TrunkSwitcher:

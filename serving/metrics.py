@@ -13,6 +13,8 @@ Where each series is measured (see ``docs/monitoring.md``):
 * ``polyhead_slo_objective_seconds{task}``: whoever knows the objectives (client wrapper, exporter,
   controller). ``polyhead_controller_decisions_total{from,to,reason}``: the controller.
 
+:class:`PrometheusReader` reads them back (recording rules) through Prometheus' HTTP API.
+
 Example:
     >>> metrics = PolyheadMetrics()
     >>> metrics.serve(9100)                                   # /metrics on 127.0.0.1:9100
@@ -22,7 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import json
+import math
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping, Sequence
 from threading import Thread
 
@@ -36,6 +43,12 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04,
     0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
 )  # fmt: skip
+
+#: Recording rules (monitoring/prometheus/rules.yml) the controller reads, by ``source``.
+P95_QUERIES = {
+    "client": "polyhead:request_latency_seconds:p95",
+    "server": "polyhead:server_latency_seconds:p95",
+}
 
 #: ``task`` label of a request naming a task the server does not serve (bounded cardinality).
 UNKNOWN_TASK_LABEL = "_unknown"
@@ -211,3 +224,41 @@ class InstrumentedDetector:
             except Exception:  # server down: the served task list is unreachable too
                 pass
         self.metrics.observe(wanted, "", 0.0, code=error_code(err))
+
+
+class PrometheusReader:
+    """Instant queries against Prometheus' HTTP API.
+
+    Args:
+        url: Base URL, e.g. ``http://127.0.0.1:9090``.
+        timeout_s: Per-request timeout.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        """Run an instant query; return ``(labels, value)`` per sample.
+
+        Raises:
+            ServingError: Prometheus unreachable or the query rejected.
+        """
+        qs = urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query?{qs}", timeout=self.timeout_s) as resp:
+                body = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise ServingError(f"Prometheus query {expr!r} at {self.url} failed: {err}") from err
+        if body.get("status") != "success":
+            raise ServingError(f"Prometheus rejected {expr!r}: {body.get('error')}")
+        return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
+
+    def p95(self, source: str = "client") -> dict[str, float | None]:
+        """p95 seconds per task from the recording rule of ``source`` (NaN -> ``None``)."""
+        if source not in P95_QUERIES:
+            raise ConfigError(f"source must be one of {sorted(P95_QUERIES)}, got {source!r}")
+        return {
+            labels.get("task", ""): None if math.isnan(value) else value
+            for labels, value in self.query(P95_QUERIES[source])
+        }

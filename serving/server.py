@@ -3,15 +3,21 @@
 ``EmbeddedTriton`` starts it in explicit model-control mode on 127.0.0.1 in its own process group
 (so python-backend stub processes die with it), waits for readiness, and turns every failure
 into a :class:`ServingError` carrying the relevant lines of the server log.
+
+With a model-control key (``admin_key`` or ``$POLYHEAD_ADMIN_KEY``) Triton refuses load/unload
+and the repository index to anyone without it (:mod:`serving.admin`); inference stays open.
+With ``strict=False`` a model that cannot load at startup (a corrupt or missing head) does not
+stop the server: every other model serves and :attr:`EmbeddedTriton.failed_models` names the
+broken ones with Triton's reason.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -21,13 +27,18 @@ import urllib.request
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from serving.admin import admin_key, control_headers, restricted_flags
 from serving.manifest_facts import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from serving.model_configs import read_config
+from serving.process import check_port_free, free_port, group_processes, signal_group
 from serving.triton_env import triton_environment
 from shared.errors import ServingError
 
 _ERROR_LINE = re.compile(r"^E\d{4} |failed to load|error:|unhealthy", re.IGNORECASE)
 _NOISE = re.compile(r"CUDA|Cuda|GPU|NVML|DCGM|pinned memory")
+_log = logging.getLogger(__name__)
+
+__all__ = ["EmbeddedTriton", "free_port", "group_processes", "startup_models"]
 
 
 class EmbeddedTriton:
@@ -48,6 +59,9 @@ class EmbeddedTriton:
         startup_timeout_s: Seconds to wait for ``/v2/health/ready``.
         stop_timeout_s: Seconds to wait after SIGTERM before SIGKILL.
         extra_args: More tritonserver flags, e.g. ``("--log-verbose=1",)``.
+        admin_key: Model-control key; default ``$POLYHEAD_ADMIN_KEY``; ``""`` or unset: unrestricted.
+        strict: Fail :meth:`start` when any startup model fails to load (``--exit-on-error``);
+            ``False`` serves the healthy subset and reports the rest in :attr:`failed_models`.
     """
 
     def __init__(
@@ -62,6 +76,8 @@ class EmbeddedTriton:
         startup_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
         extra_args: tuple[str, ...] = (),
+        admin_key: str | None = None,
+        strict: bool = True,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -71,6 +87,9 @@ class EmbeddedTriton:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.extra_args = tuple(extra_args)
+        self.admin_key = admin_key_from(admin_key)
+        self.strict = strict
+        self.failed_models: dict[str, str] = {}
         self.startup_s: float | None = None
         self._proc: subprocess.Popen | None = None
 
@@ -112,8 +131,10 @@ class EmbeddedTriton:
             f"--cache-directory={env.cache_dir}",
             "--model-control-mode=explicit",
             *(f"--load-model={m}" for m in models),
-            # fail fast: a model that cannot load at startup stops the server, and start() reports it
-            "--exit-on-error=true",
+            # strict: a model that cannot load at startup stops the server, and start() reports it;
+            # lenient: serve the rest (readiness no longer waits for every model), report the broken
+            *(("--exit-on-error=true",) if self.strict else ("--exit-on-error=false", "--strict-readiness=false")),
+            *restricted_flags(self.admin_key),
             "--disable-auto-complete-config",
             f"--http-address={self.host}",
             f"--http-port={self.ports['http']}",
@@ -142,7 +163,7 @@ class EmbeddedTriton:
                 "(serving.repository.build_repository)"
             )
         for name, port in self.ports.items():
-            _check_port_free(self.host, port, name)
+            check_port_free(self.host, port, name)
         cmd = self.command()
         env = triton_environment().env
         if self.log_path is None:
@@ -161,10 +182,35 @@ class EmbeddedTriton:
             )
         try:
             self._wait_ready(t0)
+            self.failed_models = {} if self.strict else self._startup_failures()
         except BaseException:
             self.stop()
             raise
         self.startup_s = time.perf_counter() - t0
+        for name, reason in self.failed_models.items():
+            _log.warning("model '%s' failed to load and is not served: %s", name, reason)
+
+    def _startup_failures(self) -> dict[str, str]:
+        """Startup models that are not READY -> Triton's reason (or the log line naming them)."""
+        wanted = self.models if self.models is not None else startup_models(self.repository)
+        req = urllib.request.Request(
+            f"{self.http_url}/v2/repository/index",
+            data=b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json", **control_headers(self.admin_key or "", "http")},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                index = {m["name"]: m for m in json.loads(resp.read())}
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise ServingError(f"cannot read the repository index of {self.http_url}: {err}") from err
+        failed = {}
+        for name in wanted:
+            entry = index.get(name, {})
+            if entry.get("state") != "READY":
+                reason = str(entry.get("reason") or "").split("\n")[0]
+                failed[name] = reason or "not loaded: " + self.log_tail(name, lines=1)
+        return failed
 
     def _wait_ready(self, t0: float) -> None:
         """Poll ``/v2/health/ready`` until 200, the process exits, or the timeout passes."""
@@ -226,7 +272,7 @@ class EmbeddedTriton:
             f"{self.http_url}/v2/repository/models/{name}/{action}",
             data=b"{}",
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **control_headers(self.admin_key or "", "http")},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout_s):
@@ -260,17 +306,17 @@ class EmbeddedTriton:
         if proc is None:
             return
         pgid = proc.pid  # start_new_session: the group id is the server's pid
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         try:
             proc.wait(timeout=self.stop_timeout_s)
         except subprocess.TimeoutExpired:
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             proc.wait(timeout=10)
         deadline = time.monotonic() + 5.0
         while group_processes(pgid) and time.monotonic() < deadline:  # stubs exit after the server
             time.sleep(0.05)
         if group_processes(pgid):
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
 
     def serve_forever(self, poll_s: float = 0.5) -> None:
         """Start (if needed) and serve until SIGINT/SIGTERM; then stop cleanly.
@@ -298,6 +344,13 @@ class EmbeddedTriton:
             self.stop()
 
 
+def admin_key_from(key: str | None) -> str | None:
+    """The key to restrict model control with (``key``, else ``$POLYHEAD_ADMIN_KEY``), validated."""
+    key = admin_key(key)
+    restricted_flags(key)  # raises on a key the flag syntax cannot carry
+    return key
+
+
 def startup_models(repository: Path) -> list[str]:
     """Every model in ``repository``, ordered so each ensemble comes after the models it uses."""
     configs = {}
@@ -316,43 +369,3 @@ def startup_models(repository: Path) -> list[str]:
     for name in sorted(configs, key=lambda n: (configs[n].platform == "ensemble", n)):
         visit(name)
     return order
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _check_port_free(host: str, port: int, name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT, catch listeners
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise ServingError(
-                f"{name} port {port} on {host} is already in use ({err.strerror}); "
-                f"stop the other server or pick another with --{name}-port "
-                f"({name}_port=...)"
-            ) from err
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def group_processes(pgid: int) -> list[int]:
-    """Pids of live (non-zombie) processes in process group ``pgid`` (Linux ``/proc``)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
-            pids.append(int(stat.parent.name))
-    return pids

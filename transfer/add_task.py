@@ -9,6 +9,7 @@ added and restores the files it changed, so the workspace is left as it was.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from transfer.feature_cache import (
     HeadTrainConfig,
     build_feature_cache,
     check_trunk_matches_onnx,
+    find_trunk_checkpoint,
     iter_images,
     load_frozen_trunk,
     train_head_on_cache,
@@ -107,20 +109,6 @@ def admitted_variants(ws: Workspace) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda v: (v != REFERENCE, v)))
 
 
-def _find_checkpoint(ws: Workspace, cfg: PolyheadConfig, trunk_cfg: dict | None) -> Path:
-    """``checkpoints/<trunk>.pt``, or the checkpoint whose trunk config equals the reference's."""
-    preferred = ws.checkpoints / f"{cfg.trunk}.pt"
-    if preferred.is_file():
-        return preferred
-    for path in sorted(ws.checkpoints.glob("*.pt")) if ws.checkpoints.is_dir() else []:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if trunk_cfg is not None and state.get("trunk_config") == trunk_cfg:
-            return path
-    raise ArtifactError(
-        f"no trunk checkpoint for the reference variant (looked for {preferred}); run `polyhead train` first"
-    )
-
-
 def _validate(
     workdir: str | Path, name: str, train_json: str | Path, val_json: str | Path, images: str | Path
 ) -> _Inputs:
@@ -147,7 +135,7 @@ def _validate(
     reference = read_json(ref_dir / "variant.json", "trunk variant")
     ws.require(ref_dir / "model.onnx", "re-export the reference trunk (`polyhead train`)")
     cfg = load_config(ws.config) if ws.config.is_file() else PolyheadConfig()
-    checkpoint = _find_checkpoint(ws, cfg, reference.get("trunk_config"))
+    checkpoint = find_trunk_checkpoint(ws.checkpoints, f"{cfg.trunk}.pt", reference.get("trunk_config"))
     return _Inputs(ws, cfg, train, val, reference, checkpoint, admitted_variants(ws))
 
 
@@ -244,15 +232,16 @@ def add_task(
 
 
 def _stage_workspace(ws: Workspace, stage: Path, variants: tuple[str, ...]) -> Workspace:
-    """A scratch workspace in ``stage`` holding links to the admitted variants (their json copied)."""
+    """A scratch workspace in ``stage`` with symlinks to the admitted variants' ONNX files (json copied).
+
+    Symlinks, not hard links: a new hard link changes the file's ctime, and Triton reloads a model
+    whose files' ctime changed (the repository hard-links the workspace's trunk files).
+    """
     staged = Workspace.at(stage)
     for v in variants:
         dst = staged.variant(v)
         dst.mkdir(parents=True)
-        try:
-            os.link(ws.variant(v) / "model.onnx", dst / "model.onnx")
-        except OSError:
-            shutil.copy2(ws.variant(v) / "model.onnx", dst / "model.onnx")
+        (dst / "model.onnx").symlink_to((ws.variant(v) / "model.onnx").resolve())
         shutil.copy2(ws.variant(v) / "variant.json", dst / "variant.json")
     return staged
 
@@ -353,6 +342,7 @@ def hot_add_task(server: str, repo: Path, workdir: Path, name: str, timeout_s: f
     added, loaded = (f"head_{name}", f"detect_{name}"), []
     try:
         add_task_to_repository(repo, workdir, name)
+        precompile_backend(repo / added[0])  # else the first load writes __pycache__ and the next one reloads it
         for model in added:
             client.load_model(model, client_timeout=timeout_s)
             loaded.append(model)
@@ -365,6 +355,19 @@ def hot_add_task(server: str, repo: Path, workdir: Path, name: str, timeout_s: f
                 "was restored and the existing tasks keep serving"
             ) from None
         raise
+
+
+def precompile_backend(model_dir: Path) -> None:
+    """Write ``__pycache__`` for every python-backend ``model.py`` under ``model_dir`` now.
+
+    The python backend imports ``<model>/<version>/model.py``, which writes ``__pycache__`` into the
+    version directory after the load; Triton then sees the model as modified and reloads it on the
+    next load request that touches it (e.g. loading an ensemble that uses it).
+    """
+    import py_compile
+
+    for source in Path(model_dir).rglob("model.py"):
+        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
 
 
 def _undo_hot_add(client, repo: Path, added: tuple[str, ...], loaded: list[str], saved: dict[Path, bytes],

@@ -99,6 +99,24 @@ def _allocate(
     return arrays, tmp
 
 
+def find_trunk_checkpoint(checkpoints: Path, preferred: str, trunk_cfg: dict | None = None) -> Path:
+    """``checkpoints/<preferred>``, else the checkpoint there whose ``trunk_config`` equals ``trunk_cfg``.
+
+    Raises:
+        ArtifactError: If neither exists.
+    """
+    if (checkpoints / preferred).is_file():
+        return checkpoints / preferred
+    for path in sorted(checkpoints.glob("*.pt")) if checkpoints.is_dir() else []:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if trunk_cfg is not None and state.get("trunk_config") == trunk_cfg:
+            return path
+    raise ArtifactError(
+        f"no trunk checkpoint for the reference variant (looked for {checkpoints / preferred}); "
+        "run `polyhead train` first"
+    )
+
+
 def load_frozen_trunk(checkpoint: Path, trunk_cfg: dict | None = None) -> Trunk:
     """A trunk rebuilt from ``trunk_cfg`` (default: the checkpoint's) with the checkpoint's weights, frozen.
 

@@ -9,6 +9,7 @@ one real controller step that switches the trunk. Then every dashboard query mus
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -18,9 +19,9 @@ import pytest
 import yaml
 
 from serving.client import Detector
-from serving.controller import Controller, ControllerConfig, Policy, PrometheusReader, TrunkSwitcher, read_variants
+from serving.controller import Controller, ControllerConfig, Policy, TrunkSwitcher, read_variants
 from serving.exporter import TritonExporter
-from serving.metrics import InstrumentedDetector, PolyheadMetrics
+from serving.metrics import InstrumentedDetector, PolyheadMetrics, PrometheusReader
 from serving.repository import build_repository
 from serving.server import EmbeddedTriton, free_port
 
@@ -141,7 +142,7 @@ def switched(stack, traffic):
     assert wait_for(stack["prom"], "polyhead:request_latency_seconds:p95"), "recording rule never evaluated"
     tiny = {t: 1e-5 for t in stack["objectives"]}
     policy = Policy(read_variants(stack["work"], stack["repo"]), ControllerConfig(tiny, breach_evals=1), live="ref")
-    switcher = TrunkSwitcher(stack["repo"], stack["server"].url)
+    switcher = TrunkSwitcher(stack["server"].url, stack["repo"])
     controller = Controller(policy, reader, switcher, stack["controller_metrics"])
     decision = controller.step()
     return {"decision": decision, "switcher": switcher}
@@ -229,3 +230,28 @@ def test_optimize_cli_dry_run_once_proposes_the_accurate_variant_when_there_is_r
     decision = json.loads(out.strip().splitlines()[-1])
     assert decision["to"] == "ref" and decision["reason"] == "load_fell"
     assert switched["switcher"].live_version() == switched["decision"].to.version  # dry run: nothing applied
+
+
+def test_override_switch_without_a_local_repository_serves_throughout(stack, switched, fakes):
+    switcher = TrunkSwitcher(stack["server"].url)  # what Kubernetes uses: no local repository
+    assert switcher.versions() == {1: "ref", 2: "small"}
+    ref = next(v for v in read_variants(stack["work"], switcher.versions()) if v.name == "ref")
+    images = fakes.random_images(2)
+    with Detector(stack["server"].url) as det:
+        stop, errors = threading.Event(), []
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    det.detect(images[0], tasks="cars")
+                except Exception as err:
+                    errors.append(err)
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            switcher.apply(ref)
+        finally:
+            stop.set()
+            worker.join()
+    assert switcher.live_version() == ref.version and errors == []

