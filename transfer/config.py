@@ -46,7 +46,7 @@ class TrainConfig:
         bn_l1: L1 on BatchNorm scales (sparse training before pruning; 0 disables).
     """
 
-    epochs: int = 24
+    epochs: int = 15
     batch_size: int = 32
     lr: float = 4e-3
     weight_decay: float = 0.05

@@ -44,6 +44,8 @@ class PruneSettings:
         batch_size: Images per fine-tune step.
         lr: Peak AdamW learning rate of the fine-tune (cosine decay).
         seed: Seed of the fine-tune's shuffling.
+        freeze_bn: Fine-tune with BatchNorm in eval mode (running statistics frozen; affine terms and
+            convs still learn), so the loss is computed on exactly the function that is exported.
     """
 
     ratio: float = 0.3
@@ -53,6 +55,7 @@ class PruneSettings:
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
+    freeze_bn: bool = True
 
     def __post_init__(self):
         if not 0.0 < self.ratio < 1.0:
@@ -158,6 +161,10 @@ def distill_finetune(
     g = torch.Generator().manual_seed(settings.seed)
     order, pos, losses = torch.randperm(len(images), generator=g), 0, []
     student.train()
+    if settings.freeze_bn:
+        for m in student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
     for step in tqdm(range(settings.steps), desc="distil", disable=not progress, leave=False):
         if pos + settings.batch_size > len(order):
             order, pos = torch.randperm(len(images), generator=g), 0
