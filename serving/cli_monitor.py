@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -99,6 +98,7 @@ def _optimize_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
+    from serving.admin import control_headers
     from serving.controller import Controller, ControllerConfig, Policy, TrunkSwitcher, read_variants
     from serving.metrics import PolyheadMetrics, PrometheusReader
     from serving.repository import read_trunk_versions
@@ -108,8 +108,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     keys = ("high", "low", "breach_evals", "recover_evals", "cooldown_s", "interval_s")
     config = ControllerConfig(objectives_s=opts["objectives_s"], **{k: opts[k] for k in keys if k in opts})
     repo = Path(opts["repository"]) if opts.get("repository") else None
-    key = os.environ.get("POLYHEAD_ADMIN_KEY")
-    switcher = TrunkSwitcher(opts["server"], repo, headers={"polyhead-admin-key": key} if key else None)
+    switcher = TrunkSwitcher(opts["server"], repo, headers=control_headers() or None)
     versions = read_trunk_versions(repo) if repo is not None else switcher.versions()
     variants = read_variants(Path(args.workdir), versions, opts.get("device"))
     live = versions.get(switcher.live_version())

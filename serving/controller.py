@@ -247,7 +247,7 @@ class TrunkSwitcher:
         server: Triton gRPC ``host:port``; a host resolving to several addresses (a headless
             Service) means one replica per address, each switched.
         repo: Local model repository the server reads, or ``None`` for config overrides.
-        headers: gRPC metadata for model control (e.g. ``{"polyhead-admin-key": ...}``).
+        headers: gRPC metadata for model control (``serving.admin.control_headers()``).
         timeout_s: Deadline of one load call.
     """
 

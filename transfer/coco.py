@@ -134,8 +134,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DataError(f"{path}: cannot read annotation file ({e}); check the path") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8 JSON") from e
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a COCO file; fix the file") from None
     except json.JSONDecodeError as e:
         raise DataError(
             f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
@@ -221,6 +225,10 @@ def _parse_images(path: Path, entries: list[Any]) -> dict[int, CocoImage]:
         file_name = entry["file_name"]
         if not isinstance(file_name, str) or not file_name:
             raise DataError(f"{where}: 'file_name' must be a non-empty string, got {file_name!r}")
+        if file_name.startswith(("/", "\\")) or ".." in file_name.replace("\\", "/").split("/"):
+            raise DataError(
+                f"{where}: file_name {file_name!r} leaves the images directory; use a path relative to it"
+            )
         if file_name in files:
             raise DataError(
                 f"{where}: file_name {file_name!r} already used by images[{files[file_name]}]; "
@@ -232,6 +240,7 @@ def _parse_images(path: Path, entries: list[Any]) -> dict[int, CocoImage]:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
+                or not math.isfinite(value)
                 or value <= 0
                 or value != int(value)
             ):

@@ -97,7 +97,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(map(str, set(raw) - set(fields)))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where or 'config'}; allowed: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
@@ -123,7 +123,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return tuple(_coerce(typing.get_args(tp)[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
     if tp in (int, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
@@ -139,9 +141,15 @@ def load_config(path: str | Path) -> PolyheadConfig:
     """Load and validate ``polyhead.yaml`` (``yaml.safe_load``; errors name the file and the key)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; create it or run `polyhead demo`") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror}); pass a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a polyhead config") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     try:

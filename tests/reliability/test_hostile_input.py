@@ -1,8 +1,7 @@
 """Property tests: malformed input gives the project's clear error, never another exception.
 
-Example counts are modest (CI has 2 cores). Hostile inputs that still escape as the wrong
-exception are pinned as strict xfails in ``KNOWN_*`` (they turn into failures once fixed, so the
-mark gets removed); the property strategies leave those inputs out until then.
+Example counts are modest (CI has 2 cores). Hostile inputs that once escaped as the wrong
+exception are kept as explicit regression cases in ``KNOWN_*``.
 """
 
 import dataclasses
@@ -25,7 +24,7 @@ from transfer.config import PolyheadConfig, config_from_dict, load_config
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# JSON values (NaN/Infinity, which Python's json reads, are in KNOWN_COCO_BUGS until fixed)
+# JSON values (NaN/Infinity, which Python's json reads, are regression cases in KNOWN_COCO_BUGS)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | finite | st.text(max_size=8)
 json_values = st.recursive(
@@ -96,15 +95,11 @@ def _coco_with_width(width: str) -> bytes:
     return text.replace('"WIDTH"', width).encode()
 
 
-def _bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"known bug, see docs/reliability.md: {reason}")
-
-
 KNOWN_COCO_BUGS = [
-    pytest.param(b"\xff\xfe not utf-8", id="bad-utf8", marks=_bug("coco._read_json lets UnicodeDecodeError out")),
-    pytest.param(b"[" * 100_000, id="deep-nesting", marks=_bug("coco._read_json lets RecursionError out")),
-    pytest.param(_coco_with_width("Infinity"), id="width-inf", marks=_bug("coco._parse_images: int(inf)")),
-    pytest.param(_coco_with_width("NaN"), id="width-nan", marks=_bug("coco._parse_images: int(nan)")),
+    pytest.param(b"\xff\xfe not utf-8", id="bad-utf8"),
+    pytest.param(b"[" * 100_000, id="deep-nesting"),
+    pytest.param(_coco_with_width("Infinity"), id="width-inf"),
+    pytest.param(_coco_with_width("NaN"), id="width-nan"),
 ]
 
 
@@ -164,8 +159,8 @@ def test_accepted_config_int_str_bool_fields_have_their_annotated_types(raw):
     [
         {"input_size": 100},
         {"data": {"tasks": "cars"}},
-        pytest.param({1: 2, "a": 3}, id="mixed-keys", marks=_bug("config._build sorts int and str keys")),
-        pytest.param({"train": {"lr": "fast"}}, id="str-float", marks=_bug("config._coerce passes str as float")),
+        pytest.param({1: 2, "a": 3}, id="mixed-keys"),
+        pytest.param({"train": {"lr": "fast"}}, id="str-float"),
     ],
 )
 def test_config_rejects_known_bad_mappings(raw):
@@ -191,8 +186,8 @@ def test_load_config_on_arbitrary_yaml_gives_config_or_config_error(text):
     "data",
     [
         b"input_size: [",
-        pytest.param(b"\xff\xfe: 1", id="bad-utf8", marks=_bug("config.load_config: UnicodeDecodeError")),
-        pytest.param(b"[" * 50_000, id="deep-nesting", marks=_bug("config.load_config: RecursionError")),
+        pytest.param(b"\xff\xfe: 1", id="bad-utf8"),
+        pytest.param(b"[" * 50_000, id="deep-nesting"),
     ],
 )
 def test_load_config_on_hostile_bytes_gives_config_error(tmp_path, data):
@@ -202,7 +197,6 @@ def test_load_config_on_hostile_bytes_gives_config_error(tmp_path, data):
         load_config(path)
 
 
-@_bug("config.load_config lets IsADirectoryError out")
 def test_load_config_on_a_directory_gives_config_error(tmp_path):
     with pytest.raises(ConfigError):
         load_config(tmp_path)

@@ -293,3 +293,14 @@ def test_datasets_are_reexported_from_coco_module():
     import transfer.coco as coco
 
     assert coco.MultiTaskDataset is MultiTaskDataset
+
+
+def test_file_name_outside_images_dir_is_rejected(tmp_path):
+    for bad in ("../secret.jpg", "/etc/passwd", "a/../../b.jpg"):
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps({
+            "images": [{"id": 1, "file_name": bad, "width": 10, "height": 10}],
+            "annotations": [], "categories": [{"id": 1, "name": "x"}],
+        }))
+        with pytest.raises(DataError, match="leaves the images directory"):
+            load_coco(path, tmp_path)

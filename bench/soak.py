@@ -1,0 +1,162 @@
+"""Sustained-load soak: N concurrent clients for D seconds on the embedded Triton, every task.
+
+Reports failed requests (must be 0), latency percentiles, throughput, and the server's memory
+(PSS of tritonserver + every python-backend stub, summed over its process group) sampled every
+few seconds; memory must stay flat after warm-up.
+
+Reproduce:
+    .venv/bin/python bench/soak.py --clients 16 --duration 60            # the test suite's fake workspace
+    .venv/bin/python bench/soak.py --workdir polyhead-work --duration 60  # a real workspace (polyhead demo)
+    POLYHEAD_SOAK=1 .venv/bin/python -m pytest tests/reliability/test_soak.py -q
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serving.client import Detector  # noqa: E402
+from serving.process import group_processes  # noqa: E402
+from serving.repository import build_repository  # noqa: E402
+from serving.server import EmbeddedTriton, free_port  # noqa: E402
+
+
+@dataclass
+class SoakReport:
+    clients: int
+    duration_s: float
+    tasks: list[str]
+    ok: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    p50_ms: float = float("nan")
+    p95_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    max_ms: float = float("nan")
+    throughput_rps: float = 0.0
+    pss_mib: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MiB)
+    warmup_s: float = 10.0
+
+    def memory_growth_mib(self) -> float:
+        """Largest PSS after warm-up minus the first PSS after warm-up."""
+        after = [m for t, m in self.pss_mib if t >= self.warmup_s]
+        return max(after) - after[0] if len(after) > 1 else 0.0
+
+
+def pss_mib(pgid: int) -> float:
+    """Summed PSS (MiB) of every live process in group ``pgid`` (``/proc/<pid>/smaps_rollup``)."""
+    total_kib = 0
+    for pid in group_processes(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total_kib / 1024
+
+
+def fake_workspace(root: Path) -> Path:
+    """The test suite's tiny real workspace (ONNX trunk variants + three heads)."""
+    spec = importlib.util.spec_from_file_location("polyhead_serving_fakes", ROOT / "tests/serving/conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_workspace(root)
+
+
+def soak(
+    server: EmbeddedTriton, clients: int = 16, duration_s: float = 60.0, sample_s: float = 5.0, warmup_s: float = 10.0
+) -> SoakReport:
+    """Run ``clients`` threads, each a Detector sending one image for every task, for ``duration_s``."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((240, 320), (200, 200), (120, 300))]
+    with Detector(server.url) as det:
+        tasks = det.tasks()
+    report = SoakReport(clients=clients, duration_s=duration_s, tasks=tasks, warmup_s=warmup_s)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client(i: int) -> None:
+        with Detector(server.url, timeout_s=30) as det:
+            n = 0
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    det.detect(images[(i + n) % len(images)])
+                    latencies[i].append((time.perf_counter() - t0) * 1000)
+                except Exception as err:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        report.failed += 1
+                        report.errors.append(str(err)[:300])
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    while (elapsed := time.monotonic() - t0) < duration_s:
+        report.pss_mib.append((round(elapsed, 1), round(pss_mib(server.pid), 1)))
+        time.sleep(min(sample_s, max(0.0, duration_s - elapsed)))
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    wall = time.monotonic() - t0
+    report.pss_mib.append((round(wall, 1), round(pss_mib(server.pid), 1)))
+    samples = np.concatenate([np.asarray(lat) for lat in latencies])
+    report.ok = int(samples.size)
+    if samples.size:
+        report.p50_ms, report.p95_ms, report.p99_ms = (float(np.percentile(samples, q)) for q in (50, 95, 99))
+        report.max_ms = float(samples.max())
+    report.throughput_rps = report.ok / wall
+    return report
+
+
+def run(workdir: Path | None, clients: int, duration_s: float, sample_s: float, warmup_s: float) -> SoakReport:
+    """Build the repository, start the embedded server, soak it, stop it."""
+    with tempfile.TemporaryDirectory(prefix="polyhead-soak-") as tmp:
+        work = workdir if workdir is not None else fake_workspace(Path(tmp) / "work")
+        repo = build_repository(work).path
+        server = EmbeddedTriton(
+            repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), admin_key=""
+        )
+        with server:
+            return soak(server, clients, duration_s, sample_s, warmup_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="workspace (default: the tests' fake one)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds")
+    parser.add_argument("--sample", type=float, default=5.0, help="seconds between memory samples")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before memory must stay flat")
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    report = run(args.workdir, args.clients, args.duration, args.sample, args.warmup)
+    print(f"tasks {report.tasks}, {report.clients} clients, {report.duration_s:.0f} s")
+    print(f"requests ok {report.ok}, failed {report.failed}, {report.throughput_rps:.1f} req/s")
+    print(f"latency ms p50 {report.p50_ms:.1f} p95 {report.p95_ms:.1f} p99 {report.p99_ms:.1f} max {report.max_ms:.1f}")
+    print("server PSS MiB " + ", ".join(f"{t:.0f}s:{m:.0f}" for t, m in report.pss_mib))
+    print(f"PSS growth after {report.warmup_s:.0f} s warm-up: {report.memory_growth_mib():.1f} MiB")
+    for err in report.errors[:5]:
+        print("error:", err)
+    if args.out is not None:
+        args.out.write_text(json.dumps({**asdict(report), "memory_growth_mib": report.memory_growth_mib()}, indent=1))
+    return 0 if report.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Sustained load: 16 clients for 60 s on the embedded server (opt-in: POLYHEAD_SOAK=1)."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.triton,
+    pytest.mark.skipif(os.environ.get("POLYHEAD_SOAK") != "1", reason="soak runs only with POLYHEAD_SOAK=1"),
+]
+
+
+def _soak_module():
+    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+    spec = importlib.util.spec_from_file_location("polyhead_bench_soak", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sixteen_clients_for_sixty_seconds_fail_nothing_and_memory_stays_flat():
+    soak = _soak_module()
+    report = soak.run(None, clients=16, duration_s=60.0, sample_s=5.0, warmup_s=15.0)
+    assert report.failed == 0, report.errors[:5]
+    assert report.ok > 1000 and report.p95_ms == report.p95_ms  # p95 reported (not nan)
+    assert len(report.pss_mib) >= 12
+    first = [m for t, m in report.pss_mib if t >= report.warmup_s][0]
+    # flat: growth after warm-up within 10% of the server's footprint (allocator and arena noise)
+    assert report.memory_growth_mib() < max(0.10 * first, 16.0), report.pss_mib
