@@ -70,7 +70,8 @@ def _independent_repository(ws: Workspace, out: Path, tasks: list[str], variant:
         shutil.copy2(BACKEND_MODEL_PY, version / "model.py")
         cfg = mcfg._leaf(name, opts, 1, opts.trunk_threads)
         mcfg._tensor(cfg.input, "images", mc.TYPE_UINT8, [3, size, size])
-        for out_name, (dtype, dims) in mcfg.head_output_dims(int(read_json(ws.head(task) / "head.json")["max_dets"])).items():
+        max_dets = int(read_json(ws.head(task) / "head.json")["max_dets"])
+        for out_name, (dtype, dims) in mcfg.head_output_dims(max_dets).items():
             mcfg._tensor(cfg.output, out_name, dtype, dims)
         mcfg.write_config(cfg, out / name / "config.pbtxt")
         names.append(name)

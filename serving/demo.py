@@ -113,7 +113,8 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
 
 def _summary(ws: Workspace, latency: dict, server_map: dict) -> None:
     print("\nper task (reference trunk)              offline        via Triton     latency ms")
-    print(f"{'task':12s} {'head params':>11s} {'mAP':>7s} {'mAP50':>7s} {'mAP':>7s} {'mAP50':>7s} {'p50':>7s} {'p95':>7s}")
+    cols = ("head params", "mAP", "mAP50", "mAP", "mAP50", "p50", "p95")
+    print(f"{'task':12s} " + " ".join(f"{c:>{11 if i == 0 else 7}s}" for i, c in enumerate(cols)))
     for task in ws.tasks():
         meta = read_json(ws.head(task) / "head.json")
         off = meta["map"].get("reference", {})
@@ -128,7 +129,8 @@ def _summary(ws: Workspace, latency: dict, server_map: dict) -> None:
         print(f"{'all tasks':12s} {'':11s} {'':7s} {'':7s} {'':7s} {'':7s} {lat.percentile(50):7.1f} "
               f"{lat.percentile(95):7.1f}")
     print("\nper trunk variant")
-    print(f"{'variant':16s} {'precision':9s} {'params':>9s} {'MB':>6s} {'b1 ms':>7s} {'b8 ms':>7s} {'min mAP':>8s} admitted")
+    print(f"{'variant':16s} {'precision':9s} {'params':>9s} {'MB':>6s} {'b1 ms':>7s} {'b8 ms':>7s} "
+          f"{'min mAP':>8s} admitted")
     for name in ws.variants():
         v = read_json(ws.variant(name) / "variant.json")
         lat = next(iter(v.get("latency_ms", {}).values()), {})
