@@ -35,8 +35,10 @@ class FeatureDistiller(nn.Module):
 
 
 def response_distillation(student: HeadOutput, teacher: HeadOutput) -> Tensor:
-    """Head-level distillation: BCE of student class logits towards the teacher's probabilities,
-    plus L1 between box distances (in strides) weighted by the teacher's confidence.
+    """Head-level distillation: class BCE towards the teacher's probabilities + box L1.
+
+    The box term is the L1 between ``l, t, r, b`` distances (in strides), weighted by the teacher's
+    confidence, so background cells do not pull boxes around.
     """
     t_prob = teacher.logits.detach().sigmoid()  # (B, A, C)
     cls = F.binary_cross_entropy_with_logits(student.logits, t_prob)

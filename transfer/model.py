@@ -61,7 +61,8 @@ def save_checkpoint(path: str | Path, model: MultiTaskModel, extra: dict[str, An
         "heads": {n: h.state_dict() for n, h in heads.items()},
         "head_configs": {n: {"num_classes": h.cfg.num_classes, "width": h.cfg.width, "depth": h.cfg.depth}
                          for n, h in heads.items()},
-        "tasks": {n: {"classes": list(i.classes), "category_ids": list(i.category_ids)} for n, i in model.tasks.items()},
+        "tasks": {n: {"classes": list(i.classes), "category_ids": list(i.category_ids)}
+                  for n, i in model.tasks.items()},
         **(extra or {}),
     }
     buf = io.BytesIO()

@@ -46,7 +46,8 @@ def session(path_or_bytes: str | Path | bytes, threads: int = 1):
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ArtifactError(f"onnxruntime cannot load {path_or_bytes if not isinstance(path_or_bytes, bytes) else 'model'}: {exc}") from None
+        what = "the exported model" if isinstance(path_or_bytes, bytes) else path_or_bytes
+        raise ArtifactError(f"onnxruntime cannot load {what}: {exc}; re-export it") from None
 
 
 def export_trunk(trunk: Trunk, path: str | Path, input_size: int, check_images: torch.Tensor | None = None) -> float:
@@ -103,7 +104,8 @@ def export_head(
     exportable = ExportableHead(head, post).eval()
 
     def random_feats(b: int) -> dict[str, torch.Tensor]:
-        return {s.name: torch.randn(b, s.channels, -(-input_size // s.stride), -(-input_size // s.stride)) for s in specs}
+        side = {s.name: -(-input_size // s.stride) for s in specs}
+        return {s.name: torch.randn(b, s.channels, side[s.name], side[s.name]) for s in specs}
 
     names = [s.name for s in specs]
     data = _export_bytes(exportable, tuple(random_feats(2).values()), names, list(OUTPUT_NAMES))
