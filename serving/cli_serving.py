@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM rolls back like Ctrl-C (add-task is a transaction on the workspace)
+
+
 def _cmd_add_task(args: argparse.Namespace) -> int:
+    from serving.hot_add import TritonHotAdd
     from transfer.add_task import add_task
 
+    signal.signal(signal.SIGTERM, _interrupt)
     report = add_task(args.workdir, args.name, args.train_json, args.val_json, args.images,
-                      epochs=args.epochs, server=args.server, views=args.views)
+                      epochs=args.epochs, views=args.views,
+                      live=TritonHotAdd(args.server) if args.server else None)
     s = report.seconds
     print(f"task '{report.task}': {len(report.classes)} classes ({', '.join(report.classes)}), "
           f"head {report.head_params:,d} params -> {report.head_dir}")

@@ -90,11 +90,12 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
 
         t = _step(f"6/6 add task '{NEW_TASK}' by training only its head; hot-load it under traffic")
         try:
+            from serving.hot_add import TritonHotAdd
             from transfer.add_task import add_task
 
             with BackgroundTraffic(server.url, images, list(TRUNK_TASKS)) as traffic:
                 add_task(ws.root, NEW_TASK, ws.data / NEW_TASK / "train.json", ws.data / NEW_TASK / "val.json",
-                         val_dir, epochs=budget["add_epochs"], server=server.url)
+                         val_dir, epochs=budget["add_epochs"], live=TritonHotAdd(server.url))
                 time.sleep(1.0)
             failures += traffic.failed
             print(f"   requests during the hot-add: {traffic.ok} ok, {traffic.failed} failed")

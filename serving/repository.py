@@ -19,8 +19,10 @@ ONNX files are verified against the sha256 in their metadata before they are lin
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import py_compile
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -243,14 +245,27 @@ def _assign_versions(out: Path, variants: list[str]) -> dict[int, str]:
 
 
 def _place_leaf(onnx_path: Path, version_dir: Path, opts: mcfg.RepositoryOptions) -> None:
-    """Hardlink (or copy) the ONNX file into ``version_dir``; add model.py for the python backend."""
+    """Copy the ONNX file into ``version_dir``; add a precompiled model.py for the python backend.
+
+    A copy, not a hard link: a later hard link to the same workspace file changes its ctime and
+    Triton would reload the model on the next load request that touches it.
+    """
     version_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(onnx_path, version_dir / "model.onnx")
-    except OSError:
-        shutil.copy2(onnx_path, version_dir / "model.onnx")
+    shutil.copy2(onnx_path, version_dir / "model.onnx")
     if opts.backend == "python":
         shutil.copy2(BACKEND_MODEL_PY, version_dir / "model.py")
+        precompile_backend(version_dir)
+
+
+def precompile_backend(model_dir: Path) -> None:
+    """Write ``__pycache__`` for every python-backend ``model.py`` under ``model_dir`` now.
+
+    The python backend imports ``<model>/<version>/model.py``, which writes ``__pycache__`` into the
+    version directory after the load; Triton then sees the model as modified and reloads it on the
+    next load request that touches it (e.g. loading an ensemble that uses it).
+    """
+    for source in Path(model_dir).rglob("model.py"):
+        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
 
 
 def _write_head(

@@ -9,7 +9,6 @@ added and restores the files it changed, so the workspace is left as it was.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -17,12 +16,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from heads.head import DetectionHead, HeadConfig
 from shared.artifacts import atomic_write_json, read_json
-from shared.errors import ArtifactError, ConfigError, DataError, ServingError
+from shared.errors import ArtifactError, ConfigError, DataError
 from shared.workspace import Workspace
 from transfer.coco import CocoTask, load_coco
 from transfer.config import PolyheadConfig, load_config
@@ -40,8 +40,16 @@ from transfer.pipeline import post_config
 from transfer.publish import REFERENCE, evaluate_head, publish_head
 
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-SERVER_ADDRESS = re.compile(r"[^\s:/]+:\d{1,5}")
-LOAD_TIMEOUT_S = 120.0
+
+
+class LiveTarget(Protocol):
+    """Where a new head goes live after it is committed (implemented by ``serving.hot_add``)."""
+
+    def check(self, repo: Path, name: str) -> None:
+        """Fail early (before training) if the task cannot be hot-added."""
+
+    def add(self, repo: Path, workdir: Path, name: str) -> None:
+        """Write the task into ``repo`` and load it; on failure undo and raise."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ def add_task(
     val_json: str | Path,
     images: str | Path,
     epochs: int = HeadTrainConfig.epochs,
-    server: str | None = None,
+    live: LiveTarget | None = None,
     progress: bool = True,
     views: int = 2,
     train_cfg: HeadTrainConfig | None = None,
@@ -160,7 +168,8 @@ def add_task(
         val_json: COCO validation annotations (same categories).
         images: Directory that ``file_name`` entries are relative to.
         epochs: Head training epochs (ignored when ``train_cfg`` is given).
-        server: ``HOST:PORT`` of a running embedded Triton (gRPC) to hot-load the task into.
+        live: Hot-add target (e.g. ``serving.hot_add.TritonHotAdd(url)``): checked before training,
+            called after the head is committed; if it fails, the workspace is rolled back.
         progress: Show progress bars.
         views: Cached views per training image (1 plain, 2 with a flip, more with random augmentation).
         train_cfg: Full head-training settings.
@@ -172,13 +181,13 @@ def add_task(
         ConfigError: Bad or existing task name, bad settings or server address.
         DataError: Missing images directory, malformed/empty annotation files (the message names the file).
         ArtifactError: Missing reference trunk or checkpoint, or a checkpoint that no longer matches it.
-        ServingError: The server is unreachable or the hot load failed (everything added is removed).
+        ServingError: From ``live``: the server is unreachable or the hot load failed (rolled back).
     """
     t0 = time.perf_counter()
     cfg = train_cfg if train_cfg is not None else HeadTrainConfig(epochs=epochs)
     inputs = _validate(workdir, name, train_json, val_json, images)
-    if server is not None:
-        check_server(server, inputs.ws.repository, name)
+    if live is not None:
+        live.check(inputs.ws.repository, name)
     ws, size = inputs.ws, int(inputs.reference["input_size"])
     trunk = load_frozen_trunk(inputs.checkpoint, inputs.reference.get("trunk_config"))
     probe = next(iter_images(inputs.val, size, 4))  # (4, 3, S, S) uint8
@@ -215,8 +224,8 @@ def add_task(
         seconds["evaluate"] = time.perf_counter() - t
         committed = _commit(ws, staged, name, maps)
         t = time.perf_counter()
-        if server is not None:
-            hot_add_task(server, ws.repository, ws.root, name)
+        if live is not None:
+            live.add(ws.repository, ws.root, name)
         seconds["hot_add"] = time.perf_counter() - t
     except BaseException:
         if committed is not None:
@@ -227,7 +236,7 @@ def add_task(
     seconds["total"] = time.perf_counter() - t0
     return AddTaskReport(
         name, ws.head(name), info.classes, maps, len(inputs.train.images), num_views, cfg.epochs,
-        sum(p.numel() for p in head.parameters()), cache_mb, losses, seconds, server is not None,
+        sum(p.numel() for p in head.parameters()), cache_mb, losses, seconds, live is not None,
     )
 
 
@@ -284,112 +293,3 @@ def _commit(ws: Workspace, staged: Workspace, name: str, maps: dict[str, dict[st
         commit.rollback()
         raise
     return commit
-
-
-# --- hot add: the serving layer is imported lazily, only when a server is given ----------------
-
-
-def _triton_client(server: str):
-    import tritonclient.grpc as grpcclient
-
-    return grpcclient.InferenceServerClient(server)
-
-
-def check_server(server: str, repo: Path, name: str) -> None:
-    """Check before training that ``server`` runs Triton with a ready ``trunk`` and ``repo`` is its repository.
-
-    Raises:
-        ConfigError: Malformed address.
-        ArtifactError: ``repo`` is not a polyhead repository, or already has ``head_<name>``.
-        ServingError: Nothing answers at ``server``, or it serves no ready ``trunk``.
-    """
-    from tritonclient.utils import InferenceServerException
-
-    if not isinstance(server, str) or not SERVER_ADDRESS.fullmatch(server):
-        raise ConfigError(f"server address {server!r} must be HOST:PORT of Triton's gRPC endpoint, e.g. 127.0.0.1:8001")
-    if not (repo / "build.json").is_file():
-        raise ArtifactError(f"{repo} is not a model repository; build it (`polyhead export`) and serve it first")
-    for model in (f"head_{name}", f"detect_{name}"):
-        if (repo / model).exists():
-            raise ArtifactError(f"{repo / model} already exists; remove it or choose another task name")
-    try:
-        index = _triton_client(server).get_model_repository_index(as_json=True).get("models", [])
-    except InferenceServerException as exc:
-        raise ServingError(f"no Triton server answers at {server} ({exc.message()}); start `polyhead serve`") from None
-    states = {m["name"]: m.get("state") for m in index}
-    if states.get("trunk") != "READY" or "detect" not in states:
-        raise ServingError(
-            f"the server at {server} has no ready 'trunk' and 'detect' (models: {sorted(states)}); "
-            f"is it serving {repo}?"
-        )
-
-
-def hot_add_task(server: str, repo: Path, workdir: Path, name: str, timeout_s: float = LOAD_TIMEOUT_S) -> None:
-    """Write ``head_<name>``/``detect_<name>`` into the live ``repo``, load them and reload ``detect``.
-
-    Uses Triton's model-control API, so the server never restarts and the trunk is not reloaded.
-    If any load fails, what was loaded is unloaded and the repository files are restored.
-
-    Raises:
-        ServingError: If a load fails (after the repository was restored).
-    """
-    from tritonclient.utils import InferenceServerException
-
-    from serving.repository import add_task_to_repository
-
-    client = _triton_client(server)
-    saved = {p: p.read_bytes() for p in (repo / "detect" / "config.pbtxt", repo / "build.json") if p.is_file()}
-    added, loaded = (f"head_{name}", f"detect_{name}"), []
-    try:
-        add_task_to_repository(repo, workdir, name)
-        precompile_backend(repo / added[0])  # else the first load writes __pycache__ and the next one reloads it
-        for model in added:
-            client.load_model(model, client_timeout=timeout_s)
-            loaded.append(model)
-        client.load_model("detect", client_timeout=timeout_s)
-    except BaseException as exc:
-        _undo_hot_add(client, repo, added, loaded, saved, timeout_s)
-        if isinstance(exc, InferenceServerException):
-            raise ServingError(
-                f"hot load of task {name!r} into {server} failed ({exc.message()}); the live repository "
-                "was restored and the existing tasks keep serving"
-            ) from None
-        raise
-
-
-def precompile_backend(model_dir: Path) -> None:
-    """Write ``__pycache__`` for every python-backend ``model.py`` under ``model_dir`` now.
-
-    The python backend imports ``<model>/<version>/model.py``, which writes ``__pycache__`` into the
-    version directory after the load; Triton then sees the model as modified and reloads it on the
-    next load request that touches it (e.g. loading an ensemble that uses it).
-    """
-    import py_compile
-
-    for source in Path(model_dir).rglob("model.py"):
-        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
-
-
-def _undo_hot_add(client, repo: Path, added: tuple[str, ...], loaded: list[str], saved: dict[Path, bytes],
-                  timeout_s: float) -> None:
-    """Unload ``loaded`` models, remove the ``added`` directories, restore ``saved`` files, reload ``detect``."""
-    from tritonclient.utils import InferenceServerException
-
-    for model in reversed(loaded):
-        try:
-            client.unload_model(model, client_timeout=timeout_s)
-        except InferenceServerException:
-            pass
-    for model in added:
-        if (repo / model).exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{model}-undo-", dir=repo.parent))
-            os.rename(repo / model, trash / model)
-            shutil.rmtree(trash, ignore_errors=True)
-    for path, data in saved.items():
-        tmp = path.with_name(f".{path.name}.restore")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    try:
-        client.load_model("detect", client_timeout=timeout_s)  # back to the restored fan-out
-    except InferenceServerException:
-        pass

@@ -85,6 +85,8 @@ def build_catalogue(
         drop = map_drop_points(row["map"], ref_maps, tasks)
         row["max_map_drop"] = drop
         row["admitted"], row["reason"] = admit(drop, tolerance)
+        if metas[name].get("parity_problem"):
+            row["admitted"], row["reason"] = False, metas[name]["parity_problem"]
         if metas[name].get("role") == "teacher":  # other heads: never served
             row["admitted"], row["reason"] = False, "teacher trunk"
     points = {n: (r["latency_b1_ms"], r["latency_b8_ms"], r["mean_map"] or 0.0)
@@ -97,11 +99,11 @@ def build_catalogue(
 
 
 def best_admitted(catalogue: dict) -> str:
-    """The fastest admitted variant at batch 1 other than the reference (ties: smaller file)."""
+    """The fastest admitted variant at batch 1, the (distilled) reference included (ties: smaller file)."""
     rows = catalogue["variants"]
-    cands = [n for n, r in rows.items() if r["admitted"] and n != catalogue["reference"]]
+    cands = [n for n, r in rows.items() if r["admitted"] and r["latency_b1_ms"] is not None]
     if not cands:
-        raise ArtifactError("no compressed variant is admitted; loosen --tolerance or fine-tune longer")
+        raise ArtifactError("no variant is admitted (is the reference evaluated?); loosen --tolerance or retrain")
     return min(cands, key=lambda n: (rows[n]["latency_b1_ms"], rows[n]["size_bytes"]))
 
 

@@ -46,7 +46,7 @@ from transfer.prune import (
     trunk_features,
 )
 from transfer.publish import REFERENCE, device_name, evaluate_head, measure_latency, publish_trunk
-from transfer.quantize import QuantSettings, check_parity, convert_fp16, feature_parity, quantize_int8
+from transfer.quantize import QuantSettings, convert_fp16, feature_parity, parity_problem, quantize_int8
 
 CATALOGUE = "catalogue.json"
 
@@ -200,12 +200,14 @@ def _build_quantized(ws, jobs: list[tuple[str, str, str]], calib: np.ndarray, ch
         else:
             data, info = convert_fp16(float_bytes)
         errors = feature_parity(session(float_bytes, threads=2), session(data, threads=2), check)
-        check_parity(errors, precision, settings.quant)
-        log(f"{name}: {precision} from {parent}, rel RMSE {errors['rel_rmse']:.3f}, rel max {errors['rel_max']:.3f}")
+        problem = parity_problem(errors, precision, settings.quant)  # recorded; the catalogue rejects it
+        log(f"{name}: {precision} from {parent}, rel RMSE {errors['rel_rmse']:.3f}, rel max {errors['rel_max']:.3f}"
+            + (f" - {problem}" if problem else ""))
         steps = list(parent_meta.get("compression", [])) + [{"step": "quantize", "precision": precision, **info}]
         _publish_onnx(ws, name, data, parent, check, {
             "role": "variant", "precision": precision, "parent": parent, "parent_sha256": parent_meta["sha256"],
-            "settings": sett, "compression": steps, "parity": errors}, settings.latency_repeats)
+            "settings": sett, "compression": steps, "parity": errors, "parity_problem": problem},
+            settings.latency_repeats)
         built.append(name)
     return built
 

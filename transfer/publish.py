@@ -59,6 +59,7 @@ def publish_trunk(
             "name": name,
             "input_size": input_size,
             "contract": contract_to_dict(trunk.feature_specs),
+            "channels": {s.name: s.channels for s in trunk.feature_specs},
             "trunk_config": trunk.cfg.to_dict(),
             "params": count_parameters(trunk),
             "size_bytes": (tmp / "model.onnx").stat().st_size,

@@ -16,11 +16,12 @@ from PIL import Image
 import transfer.add_task as add_task_mod
 import transfer.feature_cache as cache_mod
 from serving.cli import main as cli_main
+from serving.hot_add import TritonHotAdd
 from shared.artifacts import atomic_write_bytes, sha256_file
 from shared.errors import ArtifactError, ConfigError, DataError, ServingError
 from shared.trunk import trunk_config
 from shared.workspace import Workspace
-from transfer.add_task import add_task, precompile_backend
+from transfer.add_task import add_task
 from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
 from transfer.feature_cache import HeadTrainConfig, build_feature_cache, load_frozen_trunk
 from transfer.model import TaskInfo, build_model, save_checkpoint
@@ -155,7 +156,7 @@ def _write(path: Path, text: str) -> Path:
 )
 def test_bad_inputs_raise_clear_errors_and_leave_the_workspace_as_it_was(env, tmp_path, case, error, match):
     work, train, val, images = env
-    kwargs = {"name": "shapes", "train_json": train, "val_json": val, "images": images, "server": None}
+    kwargs = {"name": "shapes", "train_json": train, "val_json": val, "images": images, "live": None}
     bad = tmp_path / "bad.json"
     if case == "images_missing":
         kwargs["images"] = tmp_path / "nowhere"
@@ -176,10 +177,10 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_workspace_as_it_was(env, tm
         kwargs["name"] = "s" * 33
     elif case == "no_reference":
         shutil.rmtree(work / "trunk" / "reference")
-    elif case == "bad_server":
-        kwargs["server"] = "localhost"
     before = snapshot(work)
     with pytest.raises(error, match=match):
+        if case == "bad_server":
+            kwargs["live"] = TritonHotAdd("localhost")
         add_task(work, progress=False, train_cfg=FAST, **kwargs)
     assert snapshot(work) == before
 
@@ -252,33 +253,21 @@ def test_cli_add_task_prints_map_per_variant(env, capsys):
 
 def test_cli_export_builds_the_repository(env, capsys):
     work = env[0]
-    _servable(work)
     assert cli_main(["export", "--workdir", str(work), "--max-batch-size", "2"]) == 0
     assert "trunk versions" in capsys.readouterr().out
     build = json.loads((work / "model_repository" / "build.json").read_text())
     assert build["tasks"] == ["signs"] and build["options"]["max_batch_size"] == 2
 
 
-def _servable(work: Path) -> None:
-    """Workaround until publish_trunk writes ``channels`` (serving.artifacts reads it): derive it from ``contract``."""
-    for vj in (work / "trunk").glob("*/variant.json"):
-        meta = json.loads(vj.read_text())
-        if "channels" not in meta:
-            meta["channels"] = {k: v["channels"] for k, v in meta["contract"].items()}
-            vj.write_text(json.dumps(meta))
-
-
 @pytest.mark.triton
 def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, monkeypatch):
-    import serving.repository as serving_repository
+    import serving.hot_add as serving_hot_add
     from serving.client import Detector
     from serving.repository import build_repository
     from serving.server import EmbeddedTriton, free_port
 
     work, train, val, images = env
-    _servable(work)
     repo = build_repository(work, max_batch_size=4).path
-    precompile_backend(repo)  # workaround until build_repository does it (else the first ensemble load reloads trunk)
     image = np.asarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3)), np.uint8)
     stop, ok, failures = threading.Event(), [0], []
 
@@ -297,21 +286,23 @@ def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, mon
         try:
             time.sleep(0.3)
             before_repo, before_ws = snapshot(repo), snapshot(work)
-            real_add = serving_repository.add_task_to_repository
+            real_add = serving_hot_add.add_task_to_repository
 
             def add_broken_head(repo_, work_, task):  # the head reaches the repository corrupted: its load fails
                 summary = real_add(repo_, work_, task)
                 (repo_ / f"head_{task}" / "1" / "model.onnx").write_bytes(b"not an onnx model")
                 return summary
 
-            monkeypatch.setattr(serving_repository, "add_task_to_repository", add_broken_head)
+            monkeypatch.setattr(serving_hot_add, "add_task_to_repository", add_broken_head)
             with pytest.raises(ServingError, match="restored"):
-                add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)
+                add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST,
+                         live=TritonHotAdd(server.url))
             assert snapshot(repo) == before_repo and snapshot(work) == before_ws
             with Detector(server.url) as det:
                 assert det.tasks(refresh=True) == ["signs"] and set(det.detect(image)[0].detections) == {"signs"}
-            monkeypatch.setattr(serving_repository, "add_task_to_repository", real_add)
-            report = add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)
+            monkeypatch.setattr(serving_hot_add, "add_task_to_repository", real_add)
+            report = add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST,
+                              live=TritonHotAdd(server.url))
             time.sleep(0.3)
         finally:
             stop.set()
@@ -332,5 +323,5 @@ def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, mon
         assert set(json.loads(out.read_text())["detections"]) == {"shapes", "signs"}
         hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*")) if p.is_file()}
         with pytest.raises(ConfigError, match="already exists"):  # a second add of the same name: nothing changes
-            add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, server=server.url)
+            add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST, live=TritonHotAdd(server.url))
         assert hashes == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(repo.rglob("*")) if p.is_file()}

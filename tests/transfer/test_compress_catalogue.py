@@ -68,6 +68,7 @@ def test_benchmark_compares_best_admitted_variant_with_the_teacher():
 
 def test_no_admitted_variant_is_a_clear_error():
     metas = {k: v for k, v in _metas().items() if k in ("reference", "pruned-r2")}
+    metas["reference"]["map"] = {}  # reference not evaluated: nothing is admitted
     with pytest.raises(ArtifactError, match="tolerance"):
         best_admitted(build_catalogue(metas, "reference", 1.0, "dev", TASKS))
 
@@ -78,3 +79,15 @@ def test_cli_table_lists_every_variant_with_admission_and_pareto():
     by_name = {line.split()[0]: line for line in lines[2:8]}
     assert set(by_name) == set(_metas())
     assert by_name["pruned-r2"].split()[-1] == "no" and by_name["pruned-r1"].rstrip().endswith("*")
+
+
+def test_a_quantized_variant_outside_its_parity_tolerance_is_not_admitted():
+    from transfer.quantize import QuantSettings, parity_problem
+
+    errors = {"max_abs": 0.1, "rel_max": 0.5, "rel_rmse": 0.6}
+    problem = parity_problem(errors, "int8", QuantSettings(int8_rel_rmse=0.35))
+    assert "0.600 > 0.35" in problem and parity_problem(errors, "int8", QuantSettings(int8_rel_rmse=0.7)) == ""
+    metas = _metas()
+    metas["int8"]["parity_problem"] = problem
+    row = build_catalogue(metas, "reference", 1.0, "dev", TASKS)["variants"]["int8"]
+    assert not row["admitted"] and row["reason"] == problem
