@@ -9,7 +9,6 @@ Layout (written by the export step)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from shared.artifacts import sha256_file, verify_sha256  # noqa: F401 (re-exported)
 from shared.errors import ArtifactError, ContractError
 
 #: Stride of each contract feature (input pixels per feature cell).
@@ -68,31 +68,6 @@ class HeadArtifact:
     max_dets: int
     sha256: str
     meta: dict = field(repr=False, compare=False)
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str, fix: str) -> None:
-    """Raise :class:`ArtifactError` unless ``path`` hashes to ``expected``.
-
-    Args:
-        path: File to check.
-        expected: Hex sha256 from the metadata.
-        fix: What to do about a mismatch (ends the message).
-    """
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ArtifactError(
-            f"{path}: sha256 {actual[:12]}... does not match its metadata "
-            f"({str(expected)[:12]}...); the file changed after export; {fix}"
-        )
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -91,4 +91,7 @@ def verify_sha256(path: str | Path, expected: str, fix: str) -> None:
     """Raise :class:`ArtifactError` if ``path``'s sha256 is not ``expected``."""
     actual = sha256_file(path)
     if actual != expected:
-        raise ArtifactError(f"{path} has sha256 {actual[:12]}..., its metadata records {expected[:12]}...; {fix}")
+        raise ArtifactError(
+            f"{path}: sha256 {actual[:12]}... does not match its metadata "
+            f"({str(expected)[:12]}...); the file changed after export; {fix}"
+        )

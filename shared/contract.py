@@ -84,3 +84,13 @@ def check_features(
                 f"feature {s.name!r} has shape {tuple(f.shape)}, the contract says (B, {expected[0]}, "
                 f"{expected[1]}, {expected[2]}) for a {h}x{w} input"
             )
+
+
+def probe_contract(module: torch.nn.Module, specs: Sequence[FeatureSpec], size: int = 64) -> None:
+    """Run ``module`` on a blank ``(1, 3, size, size)`` uint8 image in eval mode and check ``specs``."""
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+        check_features(module(probe), specs, (size, size))
+    module.train(was_training)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from shared.blocks import ConvBNAct
-from shared.contract import FeatureSpec, check_features, default_contract
+from shared.contract import FeatureSpec, default_contract, probe_contract
 from shared.errors import ArtifactError, InputError
 from shared.neck import PANNeck
 from shared.trunk import Normalize
@@ -169,12 +169,7 @@ class MobileNetV2Trunk(nn.Module):
         self.feature_specs: tuple[FeatureSpec, ...] = default_contract(channels)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, check_size, check_size, dtype=torch.uint8)
-            check_features(self(probe), self.feature_specs, (check_size, check_size))
-        self.train(was_training)
+        probe_contract(self, self.feature_specs, check_size)
 
     @staticmethod
     def from_weights(path: str | Path, channels: int = 64, freeze_backbone: bool = True) -> MobileNetV2Trunk:

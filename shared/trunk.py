@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from shared.backbone import Backbone, BackboneConfig, StageSpec
-from shared.contract import FeatureSpec, check_features, check_specs, default_contract
+from shared.contract import FeatureSpec, check_specs, default_contract, probe_contract
 from shared.errors import ConfigError, InputError
 from shared.neck import PANNeck
 
@@ -87,12 +87,7 @@ class Trunk(nn.Module):
         self.neck = PANNeck(self.backbone.out_channels, cfg.channels)
         self.feature_specs: tuple[FeatureSpec, ...] = default_contract(cfg.channels)
         check_specs(self.feature_specs)
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, check_size, check_size, dtype=torch.uint8)
-            check_features(self(probe), self.feature_specs, (check_size, check_size))
-        self.train(was_training)
+        probe_contract(self, self.feature_specs, check_size)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:  # noqa: D102
         if not torch.jit.is_tracing() and (images.dim() != 4 or images.shape[1] != 3):

@@ -43,19 +43,13 @@ def coco_map(task: CocoTask, detections: Iterable[ImageDetections]) -> dict[str,
         "categories": [{"id": c, "name": n} for c, n in task.categories],
         "annotations": [],
     }
-    ann_id = 1
-    for image_id, anns in task.annotations.items():
-        for a in anns:
-            x, y, w, h = a.bbox
-            gt["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": a.category_id,
-                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
-            ann_id += 1
-    for image_id, anns in task.crowd.items():
-        for a in anns:
-            x, y, w, h = a.bbox
-            gt["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": a.category_id,
-                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": 1})
-            ann_id += 1
+    for crowd, per_image in ((0, task.annotations), (1, task.crowd)):
+        for image_id, anns in per_image.items():
+            for a in anns:
+                x, y, w, h = a.bbox
+                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
+                                          "category_id": a.category_id, "bbox": [x, y, w, h], "area": w * h,
+                                          "iscrowd": crowd})
     to_cat = task.label_to_cat_id
     results = []
     for det in detections:

@@ -122,6 +122,6 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
             last = {k: float(v.detach()) for k, v in losses.items()}
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         save_checkpoint(checkpoint, model, {"epoch": epoch + 1, "optimizer": opt.state_dict()})
     return TrainResult(model, checkpoint, time.time() - t0, cfg.train.epochs - start_epoch, last)
