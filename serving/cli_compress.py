@@ -36,9 +36,13 @@ def format_catalogue(catalogue: dict) -> list[str]:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from transfer.compress import run_compress
+    from dataclasses import replace
 
-    report = run_compress(args.workdir, tolerance=args.tolerance, log=print)
+    from transfer.compress import CompressSettings, run_compress
+
+    settings = CompressSettings(rounds=args.rounds)
+    settings = replace(settings, prune=replace(settings.prune, ratio=args.prune_ratio, steps=args.finetune_steps))
+    report = run_compress(args.workdir, tolerance=args.tolerance, settings=settings, log=print)
     for line in format_catalogue(report.catalogue):
         print(line)
     print(f"built {', '.join(report.built) or 'nothing (all up to date)'} in {report.seconds:.0f} s; "
@@ -73,6 +77,14 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     add_workdir(c)
     c.add_argument("--tolerance", type=float, default=1.0,
                    help="max mAP@[.5:.95] loss in points on any task for a variant to be admitted (default 1.0)")
+    from transfer.prune import PruneSettings
+
+    defaults = PruneSettings()
+    c.add_argument("--rounds", type=int, default=2, help="prune -> fine-tune rounds (default %(default)s)")
+    c.add_argument("--prune-ratio", type=float, default=defaults.ratio,
+                   help="share of hidden channels removed per round (default %(default)s)")
+    c.add_argument("--finetune-steps", type=int, default=defaults.steps,
+                   help="feature-distillation steps after each round (default %(default)s)")
     c.set_defaults(func=_cmd_compress)
     b = bench_commands(sub).add_parser("compress", help="best admitted variant vs the teacher: size, latency, mAP")
     add_workdir(b)

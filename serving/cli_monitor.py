@@ -132,8 +132,50 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_controller(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from serving.bench_controller import format_table, run_controller_bench, write_json
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_controller_bench(
+        args.workdir, parse_slo(args.slo) or None, step_s=args.duration, base_clients=args.base_clients,
+        step_clients=args.clients, warmup_s=args.warmup, after_s=args.after, window=args.window,
+        interval_s=args.interval, cooldown_s=args.cooldown, progress=lambda line: print(line, flush=True),
+    )  # fmt: skip
+    result["command"] = shlex.join(["polyhead", *sys.argv[1:]])
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _register_bench(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
+    from serving.cli_compress import bench_commands
+
+    b = bench_commands(sub).add_parser(
+        "controller", help="a load step with and without the latency controller: time back under the objective"
+    )
+    add_workdir(b)
+    b.add_argument("--json", help="write the result here")
+    b.add_argument("--slo", action="append", default=[], metavar="TASK=MS",
+                   help="p95 objective (repeat); default: chosen between the accurate and the light variant's p95")
+    b.add_argument("--duration", type=float, default=60.0, help="seconds of the load step (default %(default)s)")
+    b.add_argument("--clients", type=int, default=4, help="clients during the step (default %(default)s)")
+    b.add_argument("--base-clients", type=int, default=1, help="clients before and after (default %(default)s)")
+    b.add_argument("--warmup", type=float, default=15.0, help="seconds before the step (default %(default)s)")
+    b.add_argument("--after", type=float, default=90.0,
+                   help="seconds after the step, for the return to the accurate variant (default %(default)s)")
+    b.add_argument("--window", default="1m", help="rate window of the recording rules (default %(default)s, shipped)")
+    b.add_argument("--interval", type=float, default=2.0, help="controller interval, s (default %(default)s)")
+    b.add_argument("--cooldown", type=float, default=60.0, help="controller cool-down, s (default %(default)s)")
+    b.set_defaults(func=_cmd_bench_controller)
+
+
 def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``monitor`` and ``optimize`` to the ``polyhead`` subcommands."""
+    """Add ``monitor``, ``optimize`` and ``bench controller`` to the ``polyhead`` subcommands."""
     m = sub.add_parser("monitor", help="export per-task latency histograms and the live variant beside Triton")
     m.add_argument("--triton-metrics", default="http://127.0.0.1:8002/metrics", help="Triton's metrics URL")
     m.add_argument("--server", help="Triton gRPC HOST:PORT (to export the live trunk variant)")
@@ -164,3 +206,4 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     o.add_argument("--dry-run", action="store_true", help="log decisions without applying them")
     o.add_argument("--once", action="store_true", help="evaluate once and exit")
     o.set_defaults(func=_cmd_optimize)
+    _register_bench(sub, add_workdir)
