@@ -101,6 +101,8 @@ def read_trunks(workdir: Path) -> list[TrunkArtifact]:
         meta = _read_json(path, "trunk variant")
         if not meta.get("admitted", False):
             continue
+        if "channels" not in meta and isinstance(meta.get("contract"), dict):  # older metadata: derive it
+            meta["channels"] = {k: v["channels"] for k, v in meta["contract"].items()}
         channels = {str(k): int(v) for k, v in dict(_need(meta, "channels", path)).items()}
         if set(channels) != set(FEATURE_STRIDES):
             raise ContractError(f"{path}: channels {sorted(channels)} != contract {sorted(FEATURE_STRIDES)}")

@@ -25,9 +25,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +102,47 @@ def _settle_offset(run: StepRun) -> float:
     return max(during) - run.step_start if during else 0.0
 
 
+def staging_workspace(workdir: Path, names: Sequence[str], dst: Path) -> dict[str, float | None]:
+    """Copy the heads and the trunk variants ``names`` to ``dst``, each marked admitted and Pareto-optimal.
+
+    For benchmarking the mechanism where compression admitted fewer than two variants; the source
+    workspace is not touched. Each copy's ``map`` keeps only the tasks every named variant was
+    evaluated on, so the controller compares accuracy like with like.
+
+    Returns:
+        The variants that were *not* admitted (or not Pareto-optimal) in ``workdir`` -> their
+        recorded worst-task mAP drop in points (``None``: not recorded).
+
+    Raises:
+        ConfigError: A named variant does not exist.
+    """
+    forced: dict[str, float | None] = {}
+    shutil.copytree(Path(workdir) / "heads", dst / "heads")
+    metas = {}
+    for name in names:
+        src = Path(workdir) / "trunk" / name
+        if not (src / "variant.json").is_file():
+            raise ConfigError(f"no trunk variant {name!r} in {workdir}/trunk")
+        shutil.copytree(src, dst / "trunk" / name)
+        metas[name] = json.loads((src / "variant.json").read_text())
+        if not metas[name].get("admitted", False) or metas[name].get("pareto") is False:
+            forced[name] = metas[name].get("max_map_drop")
+    # accuracy = mean mAP: over the tasks every variant was evaluated on (like with like)
+    common = set.intersection(*(set(m.get("map") or {}) for m in metas.values()))
+    for name, meta in metas.items():
+        meta.update(admitted=True, pareto=True, map={t: v for t, v in (meta.get("map") or {}).items() if t in common})
+        (dst / "trunk" / name / "variant.json").write_text(json.dumps(meta, indent=2))
+    return forced
+
+
 def _images(size: int, n: int = 4) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def _calibrate_light(url: str, images: list, clients: int, seconds: float) -> float:
+def _calibrate_light(url: str, images: list, tasks: Sequence[str] | None, clients: int, seconds: float) -> float:
     """p95 (s) of the live (light) variant under ``clients`` clients, after a 3 s warm-up."""
-    with StepLoad(url, images, None, PolyheadMetrics(), clients) as load:
+    with StepLoad(url, images, tasks, PolyheadMetrics(), clients) as load:
         load.set_clients(clients)
         time.sleep(seconds)
         end = load.now()
@@ -117,9 +151,10 @@ def _calibrate_light(url: str, images: list, clients: int, seconds: float) -> fl
 
 def _controlled_run(
     server: EmbeddedTriton, switcher: TrunkSwitcher, variants: list[Variant], live: str,
-    objectives_s: dict[str, float], plan: StepPlan, images: list, window: str, interval_s: float,
-    cooldown_s: float, tmp: Path,
+    objectives_s: dict[str, float], plan: StepPlan, images: list, tasks: Sequence[str] | None,
+    control: tuple[str, float, float], tmp: Path,
 ) -> StepRun:  # fmt: skip
+    window, interval_s, cooldown_s = control
     metrics = PolyheadMetrics()
     port = free_port()
     httpd, _ = metrics.serve(port)
@@ -129,7 +164,7 @@ def _controlled_run(
             config = ControllerConfig(objectives_s, interval_s=interval_s, cooldown_s=cooldown_s)
             controller = Controller(Policy(variants, config, live), PrometheusReader(prom.url), switcher,
                                     PolyheadMetrics())  # fmt: skip
-            with StepLoad(server.url, images, None, metrics, plan.step_clients) as load:
+            with StepLoad(server.url, images, tasks, metrics, plan.step_clients) as load:
                 return run_load_step(load, plan, controller)
     finally:
         httpd.shutdown()
@@ -147,6 +182,8 @@ def run_controller_bench(
     interval_s: float = 2.0,
     cooldown_s: float = 60.0,
     calibrate_s: float = 15.0,
+    variants: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the load step without, then with the controller; return both runs' figures.
@@ -164,6 +201,9 @@ def run_controller_bench(
         interval_s: Controller evaluation interval.
         cooldown_s: Controller cool-down after a switch.
         calibrate_s: Seconds of the light variant under the step (objective not given).
+        variants: Use these trunk variants, admitted or not (:func:`staging_workspace`; reported
+            as ``forced_variants``); default: the workspace's admitted ones.
+        tasks: Tasks each request asks for (default: every task, one fan-out call).
         progress: Called with one line per phase.
 
     Raises:
@@ -173,13 +213,18 @@ def run_controller_bench(
     workdir = Path(workdir)
     with tempfile.TemporaryDirectory(prefix="polyhead-bench-controller-") as tmp_name:
         tmp = Path(tmp_name)
-        summary = build_repository(workdir, out=tmp / "model_repository")
-        variants = read_variants(workdir, summary.path)
-        if len(variants) < 2:
-            raise ConfigError(f"the controller needs at least two admitted variants, {workdir}/trunk has "
-                              f"{[v.name for v in variants]}; run `polyhead compress` first")  # fmt: skip
-        accurate = max(variants, key=lambda v: (v.accuracy, v.name))
-        light = min(variants, key=lambda v: (v.latency_ms if v.latency_ms is not None else v.accuracy, v.name))
+        source, forced = workdir, {}
+        if variants:
+            source = tmp / "workspace"
+            forced = staging_workspace(workdir, variants, source)
+        summary = build_repository(source, out=tmp / "model_repository")
+        ladder = read_variants(source, summary.path)
+        if len(ladder) < 2:
+            raise ConfigError(f"the controller needs at least two admitted, Pareto-optimal variants; {workdir}/trunk "
+                              f"has {[v.name for v in ladder]}; run `polyhead compress`, or name variants to "
+                              "compare anyway (--variants A,B)")  # fmt: skip
+        accurate = max(ladder, key=lambda v: (v.accuracy, v.name))
+        light = min(ladder, key=lambda v: (v.latency_ms if v.latency_ms is not None else v.accuracy, v.name))
         set_live_trunk_version(summary.path, accurate.version)
         images = _images(summary.input_size)
         ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
@@ -187,7 +232,7 @@ def run_controller_bench(
         with EmbeddedTriton(summary.path, **ports) as server:
             switcher = TrunkSwitcher(server.url, summary.path)
             say(f"without controller: {accurate.name} live, {base_clients} -> {step_clients} clients for {step_s:g} s")
-            with StepLoad(server.url, images, None, PolyheadMetrics(), step_clients) as load:
+            with StepLoad(server.url, images, tasks, PolyheadMetrics(), step_clients) as load:
                 free = run_load_step(load, StepPlan(base_clients, step_clients, warmup_s, step_s, 0.0))
             acc_base = p95_between(free.samples, min(2.0, free.step_start), free.step_start)
             acc_step = p95_between(free.samples, free.step_start + min(5.0, step_s / 4), free.step_end)
@@ -196,16 +241,18 @@ def run_controller_bench(
             if not objectives_s:
                 say(f"calibration: {light.name} under {step_clients} clients for {calibrate_s:g} s")
                 switcher.apply(light)
-                light_step = _calibrate_light(server.url, images, step_clients, calibrate_s)
+                light_step = _calibrate_light(server.url, images, tasks, step_clients, calibrate_s)
                 switcher.apply(accurate)
                 objective = choose_objective(acc_base, acc_step, light_step)
-                objectives_s = {t: objective for t in summary.tasks}
+                objectives_s = {t: objective for t in (tasks or summary.tasks)}
                 calibration.update(light=light.name, light_step_p95_ms=_ms(light_step),
                                    chosen_objective_ms=_ms(objective))  # fmt: skip
             objectives_s = dict(objectives_s)
+            # can the step push the accurate variant over the controller's threshold at all?
+            calibration["step_breaks_objective"] = bool(acc_step and acc_step > 0.9 * min(objectives_s.values()))
             say(f"with controller: objectives {({t: _ms(v) for t, v in objectives_s.items()})} ms")
-            ctl = _controlled_run(server, switcher, variants, accurate.name, objectives_s, plan, images, window,
-                                  interval_s, cooldown_s, tmp)  # fmt: skip
+            ctl = _controlled_run(server, switcher, ladder, accurate.name, objectives_s, plan, images, tasks,
+                                  (window, interval_s, cooldown_s), tmp)  # fmt: skip
             live_end = switcher.live_version()
     objective = min(objectives_s.values())
     settle = _settle_offset(ctl)
@@ -217,8 +264,10 @@ def run_controller_bench(
         "workdir": str(workdir),
         "machine": machine(),
         "variants": [{"name": v.name, "version": v.version, "map": round(v.accuracy, 4), "latency_ms": v.latency_ms}
-                     for v in variants],  # fmt: skip
+                     for v in ladder],
+        "forced_variants": forced,
         "tasks": list(summary.tasks),
+        "request_tasks": list(tasks) if tasks else "all (fan-out detect)",
         "objectives_ms": {t: _ms(v) for t, v in objectives_s.items()},
         "objective_ms": _ms(objective),
         "plan": {"base_clients": base_clients, "step_clients": step_clients, "warmup_s": warmup_s, "step_s": step_s,

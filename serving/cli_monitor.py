@@ -143,6 +143,7 @@ def _cmd_bench_controller(args: argparse.Namespace) -> int:
         args.workdir, parse_slo(args.slo) or None, step_s=args.duration, base_clients=args.base_clients,
         step_clients=args.clients, warmup_s=args.warmup, after_s=args.after, window=args.window,
         interval_s=args.interval, cooldown_s=args.cooldown, progress=lambda line: print(line, flush=True),
+        variants=args.variants.split(",") if args.variants else None, tasks=args.task or None,
     )  # fmt: skip
     result["command"] = shlex.join(["polyhead", *sys.argv[1:]])
     print(format_table(result))
@@ -171,6 +172,10 @@ def _register_bench(sub: argparse._SubParsersAction, add_workdir: Callable[[argp
     b.add_argument("--window", default="1m", help="rate window of the recording rules (default %(default)s, shipped)")
     b.add_argument("--interval", type=float, default=2.0, help="controller interval, s (default %(default)s)")
     b.add_argument("--cooldown", type=float, default=60.0, help="controller cool-down, s (default %(default)s)")
+    b.add_argument("--variants", metavar="A,B", help="compare these trunk variants even if compression did not admit "
+                   "them (the mechanism, not a production ladder; reported); default: the admitted ones")
+    b.add_argument("--task", action="append", default=[], help="task each request asks for (repeat; default: all, "
+                   "one fan-out call)")
     b.set_defaults(func=_cmd_bench_controller)
 
 

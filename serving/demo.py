@@ -14,8 +14,11 @@ from shared.artifacts import read_json
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, TrainConfig, dump_config
 
-FULL = {"num_train": 400, "num_val": 100, "num_unlabeled": 100, "epochs": 10, "add_epochs": 30}
-FAST = {"num_train": 48, "num_val": 24, "num_unlabeled": 16, "epochs": 2, "add_epochs": 4}
+FULL = {"num_train": 400, "num_val": 100, "num_unlabeled": 100, "epochs": 10, "add_epochs": 30, "finetune_steps": 100}
+FAST = {"num_train": 48, "num_val": 24, "num_unlabeled": 16, "epochs": 2, "add_epochs": 4, "finetune_steps": 4}
+#: The demo admits variants within 2 mAP points (the `polyhead compress` default is 1.0) so that the
+#: catalogue shows a lighter admitted variant after a 10-epoch training run.
+DEMO_TOLERANCE = 2.0
 
 
 def _step(title: str) -> float:
@@ -59,13 +62,12 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
         print(f"   {task:10s} mAP {m['map']:.3f}  mAP50 {m['map50']:.3f}")
     _done(t)
 
-    t = _step("3/6 compression variants (pruned + distilled, INT8, FP16), each re-evaluated")
-    try:
-        from transfer.compress import run_compress
+    t = _step(f"3/6 compression variants (pruned + distilled, INT8, FP16), admitted within {DEMO_TOLERANCE} mAP points")
+    from transfer.compress import CompressSettings, run_compress
 
-        run_compress(ws.root, progress=True)
-    except ImportError:
-        print("   (compression module not available in this build)")
+    settings = CompressSettings()
+    settings = replace(settings, prune=replace(settings.prune, steps=budget["finetune_steps"]))
+    run_compress(ws.root, tolerance=DEMO_TOLERANCE, settings=settings, progress=True)
     _done(t)
 
     t = _step("4/6 Triton repository + embedded Triton")
@@ -89,22 +91,19 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
         _done(t)
 
         t = _step(f"6/6 add task '{NEW_TASK}' by training only its head; hot-load it under traffic")
-        try:
-            from serving.hot_add import TritonHotAdd
-            from transfer.add_task import add_task
+        from serving.hot_add import TritonHotAdd
+        from transfer.add_task import add_task
 
-            with BackgroundTraffic(server.url, images, list(TRUNK_TASKS)) as traffic:
-                add_task(ws.root, NEW_TASK, ws.data / NEW_TASK / "train.json", ws.data / NEW_TASK / "val.json",
-                         val_dir, epochs=budget["add_epochs"], live=TritonHotAdd(server.url))
-                time.sleep(1.0)
-            failures += traffic.failed
-            print(f"   requests during the hot-add: {traffic.ok} ok, {traffic.failed} failed")
-            with Detector(server.url) as det:
-                latency[NEW_TASK] = measure(det, images, NEW_TASK)
-                latency["all tasks"] = measure(det, images, None)
-            server_map[NEW_TASK] = evaluate_task(ws.root, NEW_TASK, vals[NEW_TASK], server=server.url)
-        except ImportError:
-            print("   (add-task module not available in this build)")
+        with BackgroundTraffic(server.url, images, list(TRUNK_TASKS)) as traffic:
+            add_task(ws.root, NEW_TASK, ws.data / NEW_TASK / "train.json", ws.data / NEW_TASK / "val.json",
+                     val_dir, epochs=budget["add_epochs"], live=TritonHotAdd(server.url))
+            time.sleep(1.0)
+        failures += traffic.failed
+        print(f"   requests during the hot-add: {traffic.ok} ok, {traffic.failed} failed")
+        with Detector(server.url) as det:
+            latency[NEW_TASK] = measure(det, images, NEW_TASK)
+            latency["all tasks"] = measure(det, images, None)
+        server_map[NEW_TASK] = evaluate_task(ws.root, NEW_TASK, vals[NEW_TASK], server=server.url)
         _done(t)
     failures += sum(s.failures for s in latency.values())
     _summary(ws, latency, server_map)

@@ -48,10 +48,10 @@ class PruneSettings:
             convs still learn), so the loss is computed on exactly the function that is exported.
     """
 
-    ratio: float = 0.3
+    ratio: float = 0.15
     round_to: int = 8
     global_pruning: bool = False
-    steps: int = 80
+    steps: int = 200
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
