@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -75,6 +75,8 @@ def run_train(
     ws = Workspace.at(workdir)
     cfg = resolve_config(ws, config)
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint else None
+    if teacher is not None and cfg.train.distill_weight <= 0:
+        cfg = replace(cfg, train=replace(cfg.train, distill_weight=1.0))  # --teacher implies distillation
     result = train(cfg, data_root(ws, cfg), ws.checkpoints / f"{cfg.trunk}.pt", teacher, resume, progress)
     maps = publish_model(ws, cfg, result.model)
     return TrainReport(
