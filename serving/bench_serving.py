@@ -1,94 +1,73 @@
 """`polyhead bench serving`: all N tasks per image through the shared trunk vs N independent detectors.
 
 Both sides run on the same embedded Triton build, python backend, same ONNX weights:
+
 - shared: the fan-out ensemble ``detect`` (one trunk pass feeding N heads);
 - independent: N models ``full_<i>``, each one ONNX graph trunk+head (its own trunk), all N
-  requested concurrently for every image (the best case for independent detectors: no ensemble).
+  requested concurrently for every image (the best case for independent detectors: no ensemble);
+- fused (a third design, for the memory question): one model whose single ONNX graph runs the
+  trunk once and every head, i.e. ``detect``'s sharing in one backend process instead of N + 1.
+
+Beside throughput and memory it measures, per N, the latency of one image through ``detect``
+(one request at a time) against the same computation in process (:func:`_ort_latency`: the same
+ONNX files in onnxruntime sessions with the backend's session options, trunk then every head), and,
+once, the gain of Triton's dynamic batcher for ``detect`` at concurrency 8.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import compose
+import onnxruntime as ort
 from tritonclient import grpc as grpcclient
-from tritonclient.grpc import model_config_pb2 as mc
 
 from serving import model_configs as mcfg
-from serving.repository import BACKEND_MODEL_PY, build_repository
+from serving.bench_repos import fused_repository, independent_repository, replicate_workspace
+from serving.repository import build_repository
 from serving.server import EmbeddedTriton, free_port, group_processes
-from shared.artifacts import atomic_write_json, read_json, sha256_file
+from shared.artifacts import read_json, sha256_file
 from shared.workspace import Workspace
 
-
-def _replicate_workspace(src: Workspace, dst: Path, n: int, variant: str) -> list[str]:
-    """A workspace with ``variant`` and ``n`` heads copied round-robin from ``src``'s heads."""
-    ws = Workspace.at(dst)
-    shutil.copytree(src.variant(variant), ws.variant(variant))
-    sources = src.tasks()
-    names = []
-    for i in range(n):
-        task = f"t{i}"
-        shutil.copytree(src.head(sources[i % len(sources)]), ws.head(task))
-        meta = read_json(ws.head(task) / "head.json")
-        meta["task"] = task
-        atomic_write_json(ws.head(task) / "head.json", meta)
-        names.append(task)
-    return names
+#: Issue targets: N -> (minimum shared/independent images/s, maximum shared/independent memory).
+TARGETS = {4: (3.0, 0.40), 8: (5.0, 0.30)}
+#: Issue target: Triton p50 at most this multiple of in-process onnxruntime p50.
+LATENCY_TARGET = 1.5
 
 
-def _independent_repository(ws: Workspace, out: Path, tasks: list[str], variant: str) -> list[str]:
-    """N single-graph detectors ``full_<task>`` (trunk+head merged), python backend."""
-    trunk = onnx.load(str(ws.variant(variant) / "model.onnx"))
-    meta = read_json(ws.variant(variant) / "variant.json")
-    size = int(meta["input_size"])
-    opts = mcfg.RepositoryOptions()
-    names = []
-    for task in tasks:
-        head = onnx.load(str(ws.head(task) / "model.onnx"))
-        merged = compose.merge_models(
-            trunk, compose.add_prefix(head, "h_"), io_map=[(f, f"h_{f}") for f in ("p3", "p4", "p5")]
-        )
-        outputs = {f"h_{o}": o for o in mcfg.HEAD_OUTPUTS}
-        for tensor in merged.graph.output:
-            tensor.name = outputs.get(tensor.name, tensor.name)
-        for node in merged.graph.node:
-            node.input[:] = [outputs.get(x, x) for x in node.input]
-            node.output[:] = [outputs.get(x, x) for x in node.output]
-        name = f"full_{task}"
-        version = out / name / "1"
-        version.mkdir(parents=True)
-        onnx.save(merged, str(version / "model.onnx"))
-        shutil.copy2(BACKEND_MODEL_PY, version / "model.py")
-        cfg = mcfg._leaf(name, opts, 1, opts.trunk_threads)
-        mcfg._tensor(cfg.input, "images", mc.TYPE_UINT8, [3, size, size])
-        max_dets = int(read_json(ws.head(task) / "head.json")["max_dets"])
-        for out_name, (dtype, dims) in mcfg.head_output_dims(max_dets).items():
-            mcfg._tensor(cfg.output, out_name, dtype, dims)
-        mcfg.write_config(cfg, out / name / "config.pbtxt")
-        names.append(name)
-    return names
+def _memory_mib(pid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) summed over the server and all its backend stub processes.
 
-
-def _pss_mib(pid: int) -> float:
-    """Proportional set size of the server and all its stub processes, MiB."""
-    total = 0
+    RSS counts pages shared between processes (libraries, onnxruntime) once per process, as
+    ``ps`` would; PSS splits them, so it adds up to the real footprint.
+    """
+    totals = {"Rss:": 0, "Pss:": 0}
     for p in group_processes(pid):
         try:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                key = line.split(maxsplit=1)[0] if line else ""
+                if key in totals:
+                    totals[key] += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return {"rss_mib": totals["Rss:"] / 1024, "pss_mib": totals["Pss:"] / 1024}
+
+
+def _input(image: np.ndarray) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput("images", list(image.shape), "UINT8")
+    inp.set_data_from_numpy(image)
+    return inp
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds or [float("nan")]) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
 def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int, seconds: float) -> dict:
@@ -100,8 +79,7 @@ def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int
 
     def worker() -> None:
         client = grpcclient.InferenceServerClient(url)
-        inp = grpcclient.InferInput("images", list(image.shape), "UINT8")
-        inp.set_data_from_numpy(image)
+        inp = _input(image)
         while not stop.is_set():
             t0 = time.perf_counter()
             futures = [pool.submit(client.infer, m, [inp]) for m in models]
@@ -110,12 +88,13 @@ def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int
                     f.result()
                 with lock:
                     lat.append(time.perf_counter() - t0)
-            except Exception:  # counted
+            except Exception:  # noqa: BLE001 (counted and reported)
                 with lock:
                     errors[0] += 1
 
-    for m in models:  # warm-up
-        grpcclient.InferenceServerClient(url).infer(m, [_input(image)])
+    warm = grpcclient.InferenceServerClient(url)
+    for m in models:
+        warm.infer(m, [_input(image)])
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     t0 = time.time()
     for t in threads:
@@ -126,67 +105,229 @@ def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int
         t.join()
     elapsed = time.time() - t0
     pool.shutdown()
-    ms = np.array(lat) * 1000
-    return {"img_per_s": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "errors": errors[0]}
+    return {"img_per_s": len(lat) / elapsed, **_percentiles(lat), "errors": errors[0]}
 
 
-def _input(image: np.ndarray) -> grpcclient.InferInput:
-    inp = grpcclient.InferInput("images", list(image.shape), "UINT8")
-    inp.set_data_from_numpy(image)
-    return inp
+def _timed(fn: Callable[[], object], seconds: float, max_runs: int = 1000) -> dict[str, float]:
+    """p50/p95 of ``fn()`` run back to back for ``seconds`` (after 3 warm-up runs)."""
+    for _ in range(3):
+        fn()
+    lat: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end and len(lat) < max_runs:
+        t0 = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t0)
+    return {**_percentiles(lat), "runs": len(lat)}
 
 
-def _serve_and_measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int, seconds: float) -> dict:
-    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-    with EmbeddedTriton(repo, **ports) as server:
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    """An onnxruntime session with the python backend's options (see ``serving/backend/model.py``)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_latency(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, seconds: float) -> dict:
+    """In process: the trunk on ``image`` then every head on its features, one image at a time.
+
+    The same ONNX files and thread settings as the served ``trunk`` / ``head_<task>`` models; no
+    server, no serialisation, heads run one after the other in this thread.
+    """
+    opts = mcfg.RepositoryOptions()
+    trunk = _session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
+    heads = [_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
+    names = [i.name for i in heads[0].get_inputs()]  # p3, p4, p5
+
+    def once() -> None:
+        feeds = dict(zip(names, trunk.run(names, {"images": image}), strict=True))
+        for head in heads:
+            head.run(None, feeds)
+
+    return _timed(once, seconds)
+
+
+def _triton_latency(url: str, image: np.ndarray, seconds: float) -> dict:
+    """One ``detect`` request at a time through gRPC (all tasks' outputs in the response)."""
+    client = grpcclient.InferenceServerClient(url)
+    inp = _input(image)
+    return _timed(lambda: client.infer("detect", [inp]), seconds)
+
+
+def _serve(repo: Path) -> EmbeddedTriton:
+    return EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+
+
+def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int, seconds: float,
+             latency_s: float = 0.0) -> dict:
+    """Throughput and memory of ``repo`` (and ``detect``'s one-at-a-time latency if ``latency_s``)."""
+    with _serve(repo) as server:
         result = _throughput(server.url, models, image, concurrency, seconds)
-        result["pss_mib"] = _pss_mib(server.pid)
+        result.update(_memory_mib(server.pid))
+        if latency_s > 0:
+            result["latency"] = _triton_latency(server.url, image, latency_s)
     return result
+
+
+def _row(n: int, shared: dict, independent: dict, fused: dict, ort_lat: dict) -> dict:
+    """One result row: the issue's flat keys plus the three sides in full."""
+    triton_lat = shared.pop("latency")
+    return {
+        "tasks": n,
+        "shared_images_per_s": shared["img_per_s"],
+        "independent_images_per_s": independent["img_per_s"],
+        "speedup": shared["img_per_s"] / max(independent["img_per_s"], 1e-9),
+        "shared_rss_mb": shared["rss_mib"],
+        "independent_rss_mb": independent["rss_mib"],
+        "shared_pss_mb": shared["pss_mib"],
+        "independent_pss_mb": independent["pss_mib"],
+        "rss_fraction": shared["rss_mib"] / max(independent["rss_mib"], 1e-9),
+        "pss_fraction": shared["pss_mib"] / max(independent["pss_mib"], 1e-9),
+        "memory_ratio": independent["pss_mib"] / max(shared["pss_mib"], 1e-9),
+        "shared_p50_ms": shared["p50_ms"],
+        "shared_p95_ms": shared["p95_ms"],
+        "independent_p50_ms": independent["p50_ms"],
+        "independent_p95_ms": independent["p95_ms"],
+        "triton_p50_ms": triton_lat["p50_ms"],
+        "ort_p50_ms": ort_lat["p50_ms"],
+        "fused_images_per_s": fused["img_per_s"],
+        "fused_rss_mb": fused["rss_mib"],
+        "fused_pss_mb": fused["pss_mib"],
+        "fused_speedup": fused["img_per_s"] / max(independent["img_per_s"], 1e-9),
+        "fused_rss_fraction": fused["rss_mib"] / max(independent["rss_mib"], 1e-9),
+        "fused_pss_fraction": fused["pss_mib"] / max(independent["pss_mib"], 1e-9),
+        "shared": shared,
+        "independent": independent,
+        "fused": fused,
+    }
+
+
+def _batching_gain(src: Workspace, variant: str, image: np.ndarray, concurrency: int, seconds: float) -> dict:
+    """``detect`` images/s with the dynamic batcher on vs off, the workspace's own task count."""
+    n = len(src.tasks())
+    with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
+        ws_dir = Path(tmp) / "ws"
+        replicate_workspace(src, ws_dir, n, variant)
+        sides = {}
+        for on in (False, True):
+            repo = build_repository(ws_dir, Path(tmp) / f"repo-{on}", dynamic_batching=on)
+            sides[on] = _measure(repo.path, ["detect"], image, concurrency, seconds)
+    off, on = sides[False], sides[True]
+    return {"tasks": n, "concurrency": concurrency,
+            "off_images_per_s": off["img_per_s"], "on_images_per_s": on["img_per_s"],
+            "off_p50_ms": off["p50_ms"], "on_p50_ms": on["p50_ms"],
+            "gain": on["img_per_s"] / max(off["img_per_s"], 1e-9), "errors": off["errors"] + on["errors"]}
+
+
+def _targets(rows: list[dict], latency: dict) -> list[dict]:
+    """The issue's targets against the measured values (memory: RSS fraction, PSS beside it)."""
+    out = []
+    for row in rows:
+        if row["tasks"] in TARGETS:
+            speed, mem = TARGETS[row["tasks"]]
+            out.append({"tasks": row["tasks"], "speedup": row["speedup"], "speedup_target": speed,
+                        "rss_fraction": row["rss_fraction"], "pss_fraction": row["pss_fraction"],
+                        "memory_target": mem,
+                        "met": row["speedup"] >= speed and row["rss_fraction"] <= mem,
+                        "fused_speedup": row["fused_speedup"], "fused_rss_fraction": row["fused_rss_fraction"],
+                        "fused_met": row["fused_speedup"] >= speed and row["fused_rss_fraction"] <= mem})
+    out.append({"latency_ratio": latency["ratio"], "latency_target": LATENCY_TARGET,
+                "met": latency["ratio"] <= LATENCY_TARGET})
+    return out
 
 
 def run_serving_bench(
     workdir: str | Path, tasks: list[int], variant: str = "reference", concurrency: int = 4, seconds: float = 10.0,
-    progress=None,
+    progress: Callable[[dict], None] | None = None, batching_concurrency: int = 8,
 ) -> dict:
     """Side-by-side throughput, latency and memory for each N in ``tasks``.
 
+    Args:
+        workdir: Workspace with the trunk ``variant`` and at least one head (copied to N heads).
+        tasks: The task counts N to measure.
+        variant: Trunk variant to serve.
+        concurrency: Concurrent clients (each sends one image's requests at a time).
+        seconds: Measurement time per side and N (latencies get a quarter of it, >= 1 s).
+        progress: Called with each row when it is done.
+        batching_concurrency: Clients for the dynamic batching comparison (0 skips it).
+
     Returns:
-        ``{"rows": [{"tasks": N, "shared": {...}, "independent": {...}, "speedup": x, "memory_ratio": y}],
-        "machine": ..., "variant": ...}``.
+        ``{"rows": [{"tasks": N, "shared_images_per_s": ..., ...}], "triton_p50_ms": ...,
+        "ort_p50_ms": ..., "latency": {...}, "dynamic_batching": {...}, "targets": [...], ...}``;
+        top-level latencies are from the row whose N is closest to the workspace's task count.
     """
     src = Workspace.at(workdir)
     size = int(read_json(src.variant(variant) / "variant.json")["input_size"])
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+    latency_s = max(1.0, seconds / 4)
     rows = []
     for n in tasks:
         with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
             ws_dir = Path(tmp) / "ws"
-            names = _replicate_workspace(src, ws_dir, n, variant)
+            names = replicate_workspace(src, ws_dir, n, variant)
+            ort_lat = _ort_latency(Workspace.at(ws_dir), names, variant, image, latency_s)
             repo = build_repository(ws_dir)
-            shared = _serve_and_measure(repo.path, ["detect"], image, concurrency, seconds)
+            shared = _measure(repo.path, ["detect"], image, concurrency, seconds, latency_s)
             ind_repo = Path(tmp) / "independent"
-            models = _independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)
-            independent = _serve_and_measure(ind_repo, models, image, concurrency, seconds)
-        row = {"tasks": n, "shared": shared, "independent": independent,
-               "speedup": shared["img_per_s"] / max(independent["img_per_s"], 1e-9),
-               "memory_ratio": independent["pss_mib"] / max(shared["pss_mib"], 1e-9)}
-        rows.append(row)
+            models = independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)
+            independent = _measure(ind_repo, models, image, concurrency, seconds)
+            fused_repo = Path(tmp) / "fused"
+            fused = _measure(fused_repo, fused_repository(Workspace.at(ws_dir), fused_repo, names, variant),
+                             image, concurrency, seconds)
+        rows.append(_row(n, shared, independent, fused, ort_lat))
         if progress:
-            progress(row)
-    return {"rows": rows, "variant": variant, "concurrency": concurrency, "seconds": seconds,
-            "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx")}
+            progress(rows[-1])
+    own = len(src.tasks())
+    pick = min(rows, key=lambda r: (abs(r["tasks"] - own), r["tasks"]))
+    latency = {"tasks": pick["tasks"], "triton_p50_ms": pick["triton_p50_ms"], "ort_p50_ms": pick["ort_p50_ms"],
+               "ratio": pick["triton_p50_ms"] / max(pick["ort_p50_ms"], 1e-9),
+               "compared": "one image, trunk + every head of the fan-out: one gRPC `detect` request vs "
+                           "in-process onnxruntime sessions of the same ONNX files, same thread settings"}
+    result = {"rows": rows, "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
+              "latency": latency, "variant": variant, "concurrency": concurrency, "seconds": seconds,
+              "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx"), "workspace_tasks": own}
+    if batching_concurrency > 0:
+        result["dynamic_batching"] = _batching_gain(src, variant, image, batching_concurrency, seconds)
+        result["dynamic_batching_gain"] = result["dynamic_batching"]["gain"]
+    result["targets"] = _targets(rows, latency)
+    return result
 
 
 def format_table(result: dict) -> str:
-    """Markdown table of :func:`run_serving_bench` output."""
-    lines = ["| N tasks | shared img/s | independent img/s | speed-up | shared p95 ms | independent p95 ms "
-             "| PSS shared / independent MiB | errors |", "|---|---|---|---|---|---|---|---|"]
+    """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
+    lines = ["| N tasks | shared img/s | independent img/s | speed-up | shared p50 / p95 ms | independent p95 ms "
+             "| RSS shared / independent MiB | PSS shared / independent MiB | Triton / ort p50 ms "
+             "| fused img/s, RSS / PSS MiB | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        s, i = r["shared"], r["independent"]
-        lines.append(f"| {r['tasks']} | {s['img_per_s']:.1f} | {i['img_per_s']:.1f} | {r['speedup']:.2f}x | "
-                     f"{s['p95_ms']:.1f} | {i['p95_ms']:.1f} | {s['pss_mib']:.0f} / {i['pss_mib']:.0f} | "
-                     f"{s['errors'] + i['errors']} |")
+        errors = r["shared"]["errors"] + r["independent"]["errors"] + r["fused"]["errors"]
+        lines.append(
+            f"| {r['tasks']} | {r['shared_images_per_s']:.1f} | {r['independent_images_per_s']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
+            f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "
+            f"({r['rss_fraction']:.0%}) | {r['shared_pss_mb']:.0f} / {r['independent_pss_mb']:.0f} "
+            f"({r['pss_fraction']:.0%}) | {r['triton_p50_ms']:.2f} / {r['ort_p50_ms']:.2f} | "
+            f"{r['fused_images_per_s']:.1f}, {r['fused_rss_mb']:.0f} / {r['fused_pss_mb']:.0f} | {errors} |")
+    lat = result["latency"]
+    lines += ["", f"Latency, N={lat['tasks']}: Triton `detect` p50 {lat['triton_p50_ms']:.2f} ms vs in-process "
+              f"onnxruntime p50 {lat['ort_p50_ms']:.2f} ms = {lat['ratio']:.2f}x"]
+    if "dynamic_batching" in result:
+        b = result["dynamic_batching"]
+        lines.append(f"Dynamic batching, `detect`, N={b['tasks']}, concurrency {b['concurrency']}: "
+                     f"off {b['off_images_per_s']:.1f} img/s, on {b['on_images_per_s']:.1f} img/s = "
+                     f"{b['gain']:.2f}x")
+    for t in result["targets"]:
+        verdict = "met" if t["met"] else "MISSED"
+        if "tasks" in t:
+            lines.append(f"Target N={t['tasks']}: >= {t['speedup_target']:.0f}x img/s and <= "
+                         f"{t['memory_target']:.0%} memory; got {t['speedup']:.2f}x, RSS {t['rss_fraction']:.0%} "
+                         f"(PSS {t['pss_fraction']:.0%}): {verdict}; fused: {t['fused_speedup']:.2f}x, "
+                         f"RSS {t['fused_rss_fraction']:.0%}: {'met' if t['fused_met'] else 'MISSED'}")
+        else:
+            lines.append(f"Target Triton p50 <= {t['latency_target']}x onnxruntime; got "
+                         f"{t['latency_ratio']:.2f}x: {verdict}")
     return "\n".join(lines)
 
 

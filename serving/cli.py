@@ -56,8 +56,14 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
     from serving.bench_serving import format_table, run_serving_bench, write_json
 
     tasks = [int(x) for x in args.tasks.split(",")]
+
+    def progress(row: dict) -> None:
+        print(f"  N={row['tasks']}: {row['shared_images_per_s']:.1f} vs {row['independent_images_per_s']:.1f} img/s "
+              f"({row['speedup']:.2f}x), RSS {row['shared_rss_mb']:.0f} vs {row['independent_rss_mb']:.0f} MiB",
+              flush=True)
+
     result = run_serving_bench(args.workdir, tasks, args.variant, args.concurrency, args.seconds,
-                               progress=lambda row: print(f"  N={row['tasks']}: {row['speedup']:.2f}x", flush=True))
+                               progress=progress, batching_concurrency=args.batching_concurrency)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -111,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--variant", default="reference")
     bs.add_argument("--concurrency", type=int, default=4)
     bs.add_argument("--seconds", type=float, default=10.0, help="measurement time per side and N")
+    bs.add_argument("--batching-concurrency", type=int, default=8,
+                    help="clients for the dynamic batching on/off comparison; 0 skips it (default: %(default)s)")
     bs.add_argument("--json", help="write the results here")
     bs.set_defaults(func=_cmd_bench_serving)
     p.set_defaults(bench_subparsers=bench_sub)

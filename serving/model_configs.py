@@ -128,8 +128,19 @@ def trunk_config(
     versions: dict[int, str],
     opts: RepositoryOptions,
     live_version: int | None = None,
+    sha256: dict[int, str] | None = None,
 ) -> mc.ModelConfig:
-    """Config of ``trunk``: one version per admitted variant; ``live_version`` pins one (else latest)."""
+    """Config of ``trunk``: one version per admitted variant; ``live_version`` pins one (else latest).
+
+    Args:
+        input_size: Square input side.
+        channels: Channels of ``p3``, ``p4``, ``p5``.
+        versions: Version number -> variant name.
+        opts: Repository options.
+        live_version: Pin this version live (``None``: the latest).
+        sha256: Version number -> sha256 of its ``model.onnx``; recorded as the JSON parameter
+            ``sha256_by_version``, which the python backend checks when it loads a version.
+    """
     cfg = _leaf("trunk", opts, opts.trunk_instances, opts.trunk_threads)
     _tensor(cfg.input, "images", mc.TYPE_UINT8, [3, input_size, input_size])
     for name, dims in feature_dims(input_size, channels).items():
@@ -140,11 +151,16 @@ def trunk_config(
         cfg.version_policy.specific.versions.append(live_version)
     cfg.parameters["versions"].string_value = json.dumps({str(v): n for v, n in sorted(versions.items())})
     cfg.parameters["input_size"].string_value = str(input_size)
+    if sha256:
+        cfg.parameters["sha256_by_version"].string_value = json.dumps({str(v): s for v, s in sorted(sha256.items())})
     return cfg
 
 
 def head_config(head: HeadArtifact, channels: dict[str, int], opts: RepositoryOptions) -> mc.ModelConfig:
-    """Config of ``head_<task>``; class names travel as the JSON string parameter ``classes``."""
+    """Config of ``head_<task>``; class names travel as the JSON string parameter ``classes``.
+
+    The ``sha256`` parameter (of the head's ``model.onnx``) is checked by the python backend at load.
+    """
     cfg = _leaf(f"head_{head.task}", opts, opts.head_instances, opts.head_threads)
     for name, dims in feature_dims(head.input_size, channels).items():
         _tensor(cfg.input, name, mc.TYPE_FP32, dims)

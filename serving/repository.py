@@ -142,8 +142,9 @@ def build_repository(
             trunk = by_variant[variant]
             verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
             _place_leaf(trunk.onnx, tmp / "trunk" / str(version), opts)
+        shas = {v: by_variant[n].sha256 for v, n in versions.items()}  # checked by the backend at load
         mcfg.write_config(
-            mcfg.trunk_config(input_size, channels, versions, opts, live), tmp / "trunk/config.pbtxt"
+            mcfg.trunk_config(input_size, channels, versions, opts, live, sha256=shas), tmp / "trunk/config.pbtxt"
         )
         for head in heads:
             _write_head(tmp, head, channels, opts)

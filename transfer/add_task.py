@@ -5,6 +5,10 @@ the head is exported and evaluated on every admitted trunk variant inside a hidd
 directory; only then is ``heads/<name>`` renamed into place and each ``variant.json`` given the
 new task's mAP. Any failure (bad input, an exception, Ctrl-C, a failed hot load) removes what was
 added and restores the files it changed, so the workspace is left as it was.
+
+A run killed outright (SIGKILL, OOM killer, power loss) cannot clean up: its staging directory
+``.add-task-<name>-<host>-<pid>-<random>`` stays hidden in the workspace (nothing reads it), and the
+next ``add_task`` removes every such directory whose process is gone (:func:`remove_stale_staging`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +45,10 @@ from transfer.pipeline import post_config
 from transfer.publish import REFERENCE, evaluate_head, publish_head
 
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+#: ``.add-task-<name>-<host>-<pid>-<mkdtemp suffix>``: none of the parts can hold a '-'.
+_STAGE = re.compile(r"\.add-task-[a-z][a-z0-9_]*-(?P<host>[a-z0-9_]+)-(?P<pid>\d+)-[a-z0-9_]+")
+#: ``heads/.<name>.rollback.<pid>``: a head being removed by a rollback that was killed.
+_ROLLBACK = re.compile(r"\.[a-z][a-z0-9_]*\.rollback\.(?P<pid>\d+)")
 
 
 class LiveTarget(Protocol):
@@ -186,6 +195,7 @@ def add_task(
     t0 = time.perf_counter()
     cfg = train_cfg if train_cfg is not None else HeadTrainConfig(epochs=epochs)
     inputs = _validate(workdir, name, train_json, val_json, images)
+    remove_stale_staging(inputs.ws)
     if live is not None:
         live.check(inputs.ws.repository, name)
     ws, size = inputs.ws, int(inputs.reference["input_size"])
@@ -193,7 +203,7 @@ def add_task(
     probe = next(iter_images(inputs.val, size, 4))  # (4, 3, S, S) uint8
     check_trunk_matches_onnx(trunk, ws.variant(REFERENCE) / "model.onnx", probe)
     seconds = {"validate": time.perf_counter() - t0}
-    stage = Path(tempfile.mkdtemp(dir=ws.root, prefix=f".add-task-{name}-"))
+    stage = Path(tempfile.mkdtemp(dir=ws.root, prefix=f".add-task-{name}-{_host_tag()}-{os.getpid()}-"))
     committed: _Commit | None = None
     try:
         t = time.perf_counter()
@@ -238,6 +248,57 @@ def add_task(
         name, ws.head(name), info.classes, maps, len(inputs.train.images), num_views, cfg.epochs,
         sum(p.numel() for p in head.parameters()), cache_mb, losses, seconds, live is not None,
     )
+
+
+def _host_tag() -> str:
+    """This machine's name reduced to ``[a-z0-9_]`` (staging names carry it: pids are per host)."""
+    return re.sub(r"[^a-z0-9_]", "_", socket.gethostname().lower())[:24] or "host"
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no live process has ``pid`` on this machine (a zombie counts as gone)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    try:  # Linux: a killed child its parent has not reaped yet is a zombie ('Z')
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def remove_stale_staging(ws: Workspace) -> list[Path]:
+    """Remove what killed ``add-task`` runs on this host left behind; return the removed paths.
+
+    That is every ``.add-task-*`` staging directory in the workspace and every ``heads/.<name>.rollback.<pid>``
+    directory whose owner process is gone. Directories of live runs (a concurrent add-task of
+    another task), of other hosts sharing the workspace, and anything not matching these names are
+    left alone.
+
+    Args:
+        ws: The workspace.
+
+    Returns:
+        The directories removed.
+    """
+    stale = []
+    host = _host_tag()
+    for path in ws.root.glob(".add-task-*"):
+        match = _STAGE.fullmatch(path.name)
+        if match and match["host"] == host and path.is_dir() and _process_gone(int(match["pid"])):
+            stale.append(path)
+    if ws.heads_dir.is_dir():
+        for path in ws.heads_dir.glob(".*.rollback.*"):
+            match = _ROLLBACK.fullmatch(path.name)
+            if match and path.is_dir() and _process_gone(int(match["pid"])):
+                stale.append(path)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def _stage_workspace(ws: Workspace, stage: Path, variants: tuple[str, ...]) -> Workspace:

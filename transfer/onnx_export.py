@@ -87,6 +87,7 @@ def export_head(
     input_size: int,
     post: PostprocessConfig,
     check_features: Sequence[dict[str, torch.Tensor]] = (),
+    min_agreement: float = 0.98,
 ) -> int:
     """Export ``p3, p4, p5 -> num_dets, boxes, scores, classes`` (decode + NMS in graph) and check parity.
 
@@ -96,6 +97,9 @@ def export_head(
         input_size: Input size S the features come from (to shape the dummy inputs).
         post: Thresholds baked into the graph.
         check_features: Real feature batches to compare on (random features are always checked).
+        min_agreement: Share of detections that must match (see :func:`detection_agreement`);
+            float differences of ~1e-6 can flip an NMS decision at the IoU threshold or swap two
+            equal scores, so exact equality is only required by the unit tests.
 
     Returns:
         Number of images compared. Raises when detections differ.
@@ -114,9 +118,37 @@ def export_head(
         with torch.no_grad():
             ref = [t.numpy() for t in exportable(*(feats[n] for n in names))]
         got = sess.run(list(OUTPUT_NAMES), {n: feats[n].numpy() for n in names})
-        if not (np.array_equal(ref[0], got[0]) and np.array_equal(ref[3], got[3])
-                and np.allclose(ref[1], got[1], atol=1e-3) and np.allclose(ref[2], got[2], atol=1e-5)):
-            raise ArtifactError("head ONNX parity failed: detections differ between torch and onnxruntime")
+        agreement = detection_agreement(ref, got)
+        if agreement < min_agreement:
+            raise ArtifactError(
+                f"head ONNX parity failed: only {agreement:.1%} of the detections agree between torch and "
+                f"onnxruntime (need {min_agreement:.0%}); the export is wrong, do not serve it"
+            )
         compared += len(ref[0])
     atomic_write_bytes(path, data)
     return compared
+
+
+def detection_agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], iou: float = 0.99) -> float:
+    """Share of detections (both directions) with a same-class twin of IoU > ``iou`` and |score diff| < 1e-4.
+
+    Args:
+        ref, got: ``(num_dets (B,1), boxes (B,K,4), scores (B,K), classes (B,K))`` of two runs.
+
+    Returns:
+        Matched detections over all detections of both runs (1.0 when both are empty).
+    """
+    from shared.boxes import box_iou
+
+    matched = total = 0
+    for b in range(len(ref[0])):
+        sides = []
+        for out in (ref, got):
+            n = int(out[0][b, 0])
+            sides.append((torch.from_numpy(out[1][b, :n]), out[2][b, :n], out[3][b, :n]))
+        (rb, rs, rc), (gb, gs, gc) = sides
+        ious = box_iou(rb, gb).numpy() if len(rb) and len(gb) else np.zeros((len(rb), len(gb)))
+        same = (rc[:, None] == gc[None, :]) & (np.abs(rs[:, None] - gs[None, :]) < 1e-4) & (ious > iou)
+        matched += int(same.any(1).sum()) + int(same.any(0).sum())
+        total += len(rb) + len(gb)
+    return 1.0 if total == 0 else matched / total

@@ -6,11 +6,15 @@ computes only the outputs a request asks for, runs all requests of one ``execute
 batch (grouped by per-item shape) and answers failures with a ``TritonError`` response instead of
 raising, so the stub process never dies on a bad request.
 
-Config parameters read (all optional): ``intra_op_num_threads`` (default 1).
+Config parameters read (all optional): ``intra_op_num_threads`` (default 1); ``sha256`` (a head's
+file) or ``sha256_by_version`` (JSON ``{"<version>": sha256}``, the trunk's versions): when one
+names this version, ``initialize`` hashes ``model.onnx`` and refuses to load a file that changed
+after the repository was built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,6 +38,7 @@ class TritonPythonModel:
         if not (version_dir / "model.onnx").is_file():
             version_dir = Path(__file__).resolve().parent
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        _verify_sha256(version_dir / "model.onnx", params, args["model_name"], str(args["model_version"]))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
         options.inter_op_num_threads = 1
@@ -117,6 +122,60 @@ class TritonPythonModel:
     def finalize(self) -> None:
         """Release the onnxruntime session."""
         self.session = None
+
+
+def expected_sha256(params: dict[str, str], version: str) -> str | None:
+    """The sha256 the config records for ``version``'s ``model.onnx`` (``None`` if it records none).
+
+    Args:
+        params: The config's string parameters.
+        version: The version being loaded.
+
+    Raises:
+        pb_utils.TritonModelException: If ``sha256_by_version`` is not a JSON object.
+    """
+    if params.get("sha256"):
+        return params["sha256"]
+    try:
+        by_version = json.loads(params.get("sha256_by_version") or "{}")
+    except json.JSONDecodeError as err:
+        raise pb_utils.TritonModelException(f"parameter sha256_by_version is not JSON ({err})") from None
+    if not isinstance(by_version, dict):
+        raise pb_utils.TritonModelException("parameter sha256_by_version must map version -> sha256")
+    return by_version.get(version) or None
+
+
+def _verify_sha256(path: Path, params: dict[str, str], model: str, version: str) -> None:
+    """Raise ``TritonModelException`` if ``path``'s sha256 differs from the one in the config.
+
+    Args:
+        path: The version's ``model.onnx``.
+        params: The config's string parameters (``sha256`` or ``sha256_by_version``).
+        model: Model name, for the message.
+        version: Version being loaded.
+    """
+    expected = expected_sha256(params, version)
+    if not path.is_file():
+        return  # onnxruntime's error names the missing file
+    if expected is None:
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_warn(f"{model}:{version}: config records no sha256; {path} loads unverified")
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected:
+        what = f"head '{model[5:]}' (`polyhead add-task` or `polyhead train`)" if model.startswith("head_") else (
+            "trunk variant (`polyhead train` or `polyhead compress`)")
+        raise pb_utils.TritonModelException(
+            f"model '{model}' version {version}: {path} has sha256 {actual[:16]}..., but its config.pbtxt "
+            f"records {expected[:16]}...: the file changed after the repository was built, refusing to load it; "
+            f"rebuild the repository with `polyhead export` (it copies the workspace's verified file; "
+            f"if that one is bad too, re-export the {what})"
+        )
 
 
 def _error(message: str):  # noqa: ANN202 (pb_utils type)

@@ -54,3 +54,15 @@ def test_head_onnx_detections_equal_torch(tmp_path, trunk_and_head):
         np.testing.assert_allclose(got[2][i, :n], det.scores.numpy(), atol=1e-5)
         np.testing.assert_array_equal(got[3][i, :n], det.classes.numpy())
         assert (got[3][i, n:] == -1).all() and (got[2][i, n:] == 0).all()
+
+
+def test_detection_agreement_counts_matching_detections():
+    from transfer.onnx_export import detection_agreement
+
+    boxes = np.array([[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]]], np.float32)
+    out = [np.array([[2]]), boxes, np.array([[0.9, 0.8, 0.0]], np.float32), np.array([[1, 2, -1]])]
+    assert detection_agreement(out, out) == 1.0
+    other = [out[0], out[1], out[2], np.array([[1, 0, -1]])]  # second detection changed class
+    assert detection_agreement(out, other) == 0.5
+    empty = [np.array([[0]]), boxes, np.zeros((1, 3), np.float32), np.full((1, 3), -1)]
+    assert detection_agreement(empty, empty) == 1.0 and detection_agreement(out, empty) == 0.0
