@@ -96,7 +96,7 @@ def read_trunks(workdir: Path) -> list[TrunkArtifact]:
         ArtifactError: If none is admitted or metadata is malformed.
     """
     out = []
-    for vdir in sorted(p for p in (Path(workdir) / "trunk").glob("*") if p.is_dir()):
+    for vdir in sorted(p for p in (Path(workdir) / "trunk").glob("*") if p.is_dir() and not p.name.startswith(".")):
         path = vdir / "variant.json"
         meta = _read_json(path, "trunk variant")
         if not meta.get("admitted", False):
@@ -156,7 +156,8 @@ def read_head(workdir: Path, task: str) -> HeadArtifact:
 def read_heads(workdir: Path) -> list[HeadArtifact]:
     """Return every head under ``WORK/heads``, sorted by task name."""
     root = Path(workdir) / "heads"
-    return [read_head(workdir, p.name) for p in sorted(root.glob("*")) if (p / "head.json").is_file()]
+    return [read_head(workdir, p.name) for p in sorted(root.glob("*"))
+            if (p / "head.json").is_file() and not p.name.startswith(".")]
 
 
 def onnx_io_dims(path: Path) -> dict[str, list[int | None]]:

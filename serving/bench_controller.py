@@ -135,6 +135,16 @@ def staging_workspace(workdir: Path, names: Sequence[str], dst: Path) -> dict[st
     return forced
 
 
+def _admitted(workdir: Path) -> list[str]:
+    """Names of the admitted, Pareto-optimal (where recorded) variants under ``workdir/trunk``."""
+    names = []
+    for path in sorted(Path(workdir).glob("trunk/*/variant.json")):
+        meta = json.loads(path.read_text())
+        if meta.get("admitted", False) and meta.get("pareto") is not False:
+            names.append(path.parent.name)
+    return names
+
+
 def _images(size: int, n: int = 4) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
@@ -201,8 +211,9 @@ def run_controller_bench(
         interval_s: Controller evaluation interval.
         cooldown_s: Controller cool-down after a switch.
         calibrate_s: Seconds of the light variant under the step (objective not given).
-        variants: Use these trunk variants, admitted or not (:func:`staging_workspace`; reported
-            as ``forced_variants``); default: the workspace's admitted ones.
+        variants: Use these trunk variants, admitted or not (reported as ``forced_variants``);
+            default: the workspace's admitted, Pareto-optimal ones. Either way they are staged
+            with :func:`staging_workspace` (accuracy over the tasks all of them were evaluated on).
         tasks: Tasks each request asks for (default: every task, one fan-out call).
         progress: Called with one line per phase.
 
@@ -213,10 +224,8 @@ def run_controller_bench(
     workdir = Path(workdir)
     with tempfile.TemporaryDirectory(prefix="polyhead-bench-controller-") as tmp_name:
         tmp = Path(tmp_name)
-        source, forced = workdir, {}
-        if variants:
-            source = tmp / "workspace"
-            forced = staging_workspace(workdir, variants, source)
+        source = tmp / "workspace"
+        forced = staging_workspace(workdir, variants or _admitted(workdir), source)
         summary = build_repository(source, out=tmp / "model_repository")
         ladder = read_variants(source, summary.path)
         if len(ladder) < 2:

@@ -17,6 +17,7 @@ once, the gain of Triton's dynamic batcher for ``detect`` at concurrency 8.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
 import time
@@ -287,7 +288,8 @@ def run_serving_bench(
                            "in-process onnxruntime sessions of the same ONNX files, same thread settings"}
     result = {"rows": rows, "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
               "latency": latency, "variant": variant, "concurrency": concurrency, "seconds": seconds,
-              "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx"), "workspace_tasks": own}
+              "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx"), "workspace_tasks": own,
+              "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
     if batching_concurrency > 0:
         result["dynamic_batching"] = _batching_gain(src, variant, image, batching_concurrency, seconds)
         result["dynamic_batching_gain"] = result["dynamic_batching"]["gain"]

@@ -138,6 +138,10 @@ def _cmd_bench_controller(args: argparse.Namespace) -> int:
 
     from serving.bench_controller import format_table, run_controller_bench, write_json
 
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM too: stop the embedded Triton and Prometheus on the way out
+
+    signal.signal(signal.SIGTERM, interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_controller_bench(
         args.workdir, parse_slo(args.slo) or None, step_s=args.duration, base_clients=args.base_clients,

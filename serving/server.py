@@ -317,6 +317,9 @@ class EmbeddedTriton:
             time.sleep(0.05)
         if group_processes(pgid):
             signal_group(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 3.0
+            while group_processes(pgid) and time.monotonic() < deadline:  # let the kernel reap them
+                time.sleep(0.05)
 
     def serve_forever(self, poll_s: float = 0.5) -> None:
         """Start (if needed) and serve until SIGINT/SIGTERM; then stop cleanly.

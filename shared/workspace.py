@@ -57,13 +57,15 @@ class Workspace:
         """Names of variants on disk that have metadata."""
         if not self.trunk_dir.exists():
             return []
-        return sorted(p.name for p in self.trunk_dir.iterdir() if (p / "variant.json").exists())
+        return sorted(p.name for p in self.trunk_dir.iterdir()
+                      if (p / "variant.json").exists() and not p.name.startswith("."))  # hidden = staging
 
     def tasks(self) -> list[str]:
         """Names of exported heads on disk."""
         if not self.heads_dir.exists():
             return []
-        return sorted(p.name for p in self.heads_dir.iterdir() if (p / "head.json").exists())
+        return sorted(p.name for p in self.heads_dir.iterdir()
+                      if (p / "head.json").exists() and not p.name.startswith("."))
 
     def require(self, path: Path, hint: str) -> Path:
         """Return ``path`` or raise a clear error saying which command creates it."""

@@ -251,7 +251,7 @@ def add_task(
 
 
 def _host_tag() -> str:
-    """This machine's name reduced to ``[a-z0-9_]`` (staging names carry it: pids are per host)."""
+    """The machine's name reduced to ``[a-z0-9_]`` (staging names carry it: pids are per host)."""
     return re.sub(r"[^a-z0-9_]", "_", socket.gethostname().lower())[:24] or "host"
 
 
