@@ -216,15 +216,21 @@ def read_variants(workdir: Path, versions: Path | Mapping[int, str], device: str
     Raises:
         ArtifactError: No usable variant.
     """
-    out = []
     if not isinstance(versions, Mapping):
         versions = read_trunk_versions(versions)
+    usable: list[tuple[int, str, dict]] = []
     for version, name in versions.items():
         path = Path(workdir) / "trunk" / name / "variant.json"
         meta = json.loads(path.read_text()) if path.is_file() else {}
-        if not meta.get("admitted", False) or meta.get("pareto") is False:
-            continue
-        maps = [float(m["map"] if isinstance(m, dict) else m) for m in (meta.get("map") or {}).values()]
+        if meta.get("admitted", False) and meta.get("pareto") is not False:
+            usable.append((version, name, meta))
+    # Rank on the tasks every usable variant was evaluated on, so a task evaluated on one variant
+    # only (e.g. added later) cannot make that variant look more or less accurate.
+    common = set.intersection(*(set(meta.get("map") or {}) for _, _, meta in usable)) if usable else set()
+    out = []
+    for version, name, meta in usable:
+        per_task = (meta.get("map") or {}).items()
+        maps = [float(m["map"] if isinstance(m, dict) else m) for t, m in per_task if t in common]
         accuracy = sum(maps) / len(maps) if maps else 0.0
         out.append(Variant(name, version, accuracy, _latency(meta, device)))
     if not out:
