@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -142,9 +143,14 @@ def _extensions():
     return found
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `polyhead` console script."""
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: servers stop, writes roll back
     try:
         return args.func(args)
     except PolyheadError as exc:

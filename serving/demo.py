@@ -10,6 +10,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from serving.hot_add import TritonHotAdd
+from serving.loadgen import BackgroundTraffic
 from shared.artifacts import read_json
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, TrainConfig, dump_config
@@ -33,7 +35,7 @@ def _done(t0: float) -> None:
 def run_demo(workdir: str | Path, fast: bool = False) -> int:
     """Run every stage; returns a process exit code (0 when every request succeeded)."""
     from serving.client import Detector
-    from serving.loadgen import BackgroundTraffic, measure
+    from serving.loadgen import measure
     from serving.repository import build_repository
     from serving.server import EmbeddedTriton, free_port
     from transfer.coco import load_coco
@@ -91,13 +93,12 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
         _done(t)
 
         t = _step(f"6/6 add task '{NEW_TASK}' by training only its head; hot-load it under traffic")
-        from serving.hot_add import TritonHotAdd
         from transfer.add_task import add_task
 
-        with BackgroundTraffic(server.url, images, list(TRUNK_TASKS)) as traffic:
-            add_task(ws.root, NEW_TASK, ws.data / NEW_TASK / "train.json", ws.data / NEW_TASK / "val.json",
-                     val_dir, epochs=budget["add_epochs"], live=TritonHotAdd(server.url))
-            time.sleep(1.0)
+        live = HotAddUnderTraffic(server.url, images, list(TRUNK_TASKS))
+        add_task(ws.root, NEW_TASK, ws.data / NEW_TASK / "train.json", ws.data / NEW_TASK / "val.json",
+                 val_dir, epochs=budget["add_epochs"], live=live)
+        traffic = live.traffic
         failures += traffic.failed
         print(f"   requests during the hot-add: {traffic.ok} ok, {traffic.failed} failed")
         with Detector(server.url) as det:
@@ -109,6 +110,21 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
     _summary(ws, latency, server_map)
     print(f"\ndemo finished in {time.time() - start:.0f} s; failed requests: {failures}")
     return 0 if failures == 0 else 1
+
+
+class HotAddUnderTraffic(TritonHotAdd):
+    """Hot-adds while client threads keep requesting the existing tasks; ``traffic`` counts failures."""
+
+    def __init__(self, url: str, images: list, tasks: list[str]):
+        super().__init__(url)
+        self.images, self.tasks, self.traffic = images, tasks, None
+
+    def add(self, repo: Path, workdir: Path, name: str) -> None:  # noqa: D102
+        with BackgroundTraffic(self.server, self.images, self.tasks) as traffic:
+            time.sleep(0.5)
+            super().add(repo, workdir, name)
+            time.sleep(1.0)
+        self.traffic = traffic
 
 
 def _summary(ws: Workspace, latency: dict, server_map: dict) -> None:
