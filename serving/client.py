@@ -38,8 +38,14 @@ class _Base:
     """State and logic shared by the sync and async detectors (no I/O)."""
 
     def __init__(
-        self, url: str, timeout_s: float, retries: int, input_size: int | None, backoff_s: float
+        self,
+        url: str = "127.0.0.1:8001",
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        input_size: int | None = None,
+        backoff_s: float = 0.1,
     ) -> None:
+        self._client = self._mod.InferenceServerClient(url)
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
@@ -136,17 +142,6 @@ class Detector(_Base):
 
     _mod = grpcclient
 
-    def __init__(
-        self,
-        url: str = "127.0.0.1:8001",
-        timeout_s: float = 10.0,
-        retries: int = 3,
-        input_size: int | None = None,
-        backoff_s: float = 0.1,
-    ) -> None:
-        super().__init__(url, timeout_s, retries, input_size, backoff_s)
-        self._client = grpcclient.InferenceServerClient(url)
-
     def close(self) -> None:
         """Close the gRPC channel."""
         self._client.close()
@@ -231,17 +226,6 @@ class AsyncDetector(_Base):
     """asyncio polyhead client (same arguments and behaviour as :class:`Detector`)."""
 
     _mod = aioclient
-
-    def __init__(
-        self,
-        url: str = "127.0.0.1:8001",
-        timeout_s: float = 10.0,
-        retries: int = 3,
-        input_size: int | None = None,
-        backoff_s: float = 0.1,
-    ) -> None:
-        super().__init__(url, timeout_s, retries, input_size, backoff_s)
-        self._client = aioclient.InferenceServerClient(url)
 
     async def close(self) -> None:
         """Close the gRPC channel."""
