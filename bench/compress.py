@@ -1,6 +1,6 @@
 """Reproduce the compression benchmark end to end on this machine (docs/benchmarks.md, "Compression").
 
-    .venv/bin/python bench/compress.py --workdir /tmp/polyhead-compress [--epochs 6] [--json OUT]
+    .venv/bin/python bench/compress.py --workdir polyhead-compress [--epochs 6] [--json OUT]
 
 Steps: synthetic data (400 train / 100 val / 200 unlabelled, 256 px), a short sparse training of the
 student trunk (``bn_l1``), `polyhead compress` (2 prune rounds with distillation fine-tuning, INT8,
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="/tmp/polyhead-compress")
+    p.add_argument("--workdir", default="polyhead-compress")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--tolerance", type=float, default=1.0)
     p.add_argument("--json", help="write the bench result here")
