@@ -48,7 +48,7 @@ def test_loss_ignores_images_without_targets():
     out = head(trunk(images))
     both = DetectionLoss()(out, targets)["total"]
     only_first = DetectionLoss()(out, [targets[0], None])["total"]
-    assert torch.isfinite(both) and torch.isfinite(only_first) and float(only_first) != float(both)
+    assert torch.isfinite(both) and torch.isfinite(only_first) and only_first.item() != both.item()
 
 
 def test_assignment_puts_foreground_inside_boxes_with_soft_targets():
