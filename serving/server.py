@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -213,7 +214,11 @@ class EmbeddedTriton:
         return failed
 
     def _wait_ready(self, t0: float) -> None:
-        """Poll ``/v2/health/ready`` until 200, the process exits, or the timeout passes."""
+        """Poll ``/v2/health/ready`` and the metrics port until both answer, the process exits, or timeout.
+
+        Triton opens its metrics endpoint a moment after HTTP reports ready; a caller (a scraper,
+        a test) that reads metrics right after ``start()`` must find it listening.
+        """
         assert self._proc is not None
         while time.perf_counter() - t0 < self.startup_timeout_s:
             code = self._proc.poll()
@@ -222,13 +227,20 @@ class EmbeddedTriton:
                     f"tritonserver exited with code {code} during startup "
                     f"(log {self.log_path}):\n{self.log_tail()}"
                 )
-            if self._http_ok("/v2/health/ready"):
+            if self._http_ok("/v2/health/ready") and self._port_open(self.ports["metrics"]):
                 return
             time.sleep(0.05)
         raise ServingError(
             f"tritonserver not ready after {self.startup_timeout_s:.0f} s "
             f"(log {self.log_path}):\n{self.log_tail()}"
         )
+
+    def _port_open(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=1.0):
+                return True
+        except OSError:
+            return False
 
     def _http_ok(self, path: str, method: str = "GET", timeout: float = 2.0) -> bool:
         try:
