@@ -27,7 +27,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from transfer.pipeline import run_train
 
-    report = run_train(args.workdir, args.config, args.teacher, resume=not args.restart)
+    report = run_train(args.workdir, args.config, args.teacher, resume=not args.restart,
+                       teacher_weights=args.teacher_weights)
     print(f"trained in {report.seconds:.0f} s; trunk {report.trunk_params / 1e6:.2f} M params")
     print(f"{'task':12s} {'mAP':>6s} {'mAP50':>6s} {'head params':>12s}")
     for task, m in report.maps.items():
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     workdir(t)
     t.add_argument("--config", help="polyhead.yaml to use (copied into the workspace)")
     t.add_argument("--teacher", help="teacher checkpoint to distil from (sets train.distill_weight > 0)")
+    t.add_argument("--teacher-weights", metavar="FILE",
+                   help="ImageNet MobileNetV2 state_dict (torchvision format) to distil the backbone from")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.set_defaults(func=_cmd_train)
 

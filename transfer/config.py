@@ -76,11 +76,15 @@ class PolyheadConfig:
         input_size: Square letterbox size S of every model input (multiple of 32).
         trunk: Trunk size name (``nano``, ``student``, ``teacher``).
         teacher: Trunk size distilled from (``None`` = no distillation).
+        teacher_weights: torchvision-format ImageNet MobileNetV2 state_dict file to distil the
+            student's backbone from (relative paths: to the workspace); implies ``distill_weight`` 1.0
+            when that is 0.
     """
 
     input_size: int = 192
     trunk: str = "student"
     teacher: str | None = None
+    teacher_weights: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     head: HeadSettings = field(default_factory=HeadSettings)

@@ -39,6 +39,12 @@ class MultiTaskModel(nn.Module):
         feats = self.trunk(images)
         return feats, {name: head(feats) for name, head in self.heads.items()}
 
+    def forward_with_taps(self, images: Tensor) -> tuple[dict[int, Tensor], dict[str, Tensor], dict[str, HeadOutput]]:
+        """Like :meth:`forward`, also returning the backbone maps keyed by stride (8/16/32), before the neck."""
+        taps = self.trunk.backbone(self.trunk.normalize(images))
+        feats = self.trunk.neck(taps)
+        return taps, feats, {name: head(feats) for name, head in self.heads.items()}
+
 
 def build_model(trunk_cfg: TrunkConfig, tasks: dict[str, TaskInfo], width: int, depth: int) -> MultiTaskModel:
     """Fresh model: a trunk from ``trunk_cfg`` and one head per task."""

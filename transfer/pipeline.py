@@ -9,8 +9,10 @@ import torch
 
 from heads.postprocess import PostprocessConfig
 from shared.artifacts import atomic_write_bytes
+from shared.errors import ConfigError
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, dump_config, load_config
+from transfer.distill import ImageNetTeacher
 from transfer.model import MultiTaskModel, load_checkpoint
 from transfer.publish import REFERENCE, evaluate_head, publish_head, publish_trunk, sample_images
 from transfer.train import load_tasks, train
@@ -69,12 +71,23 @@ def publish_model(ws: Workspace, cfg: PolyheadConfig, model: MultiTaskModel, var
 
 def run_train(
     workdir: str | Path, config: str | Path | None = None, teacher_checkpoint: str | Path | None = None,
-    resume: bool = True, progress: bool = True,
+    resume: bool = True, progress: bool = True, teacher_weights: str | Path | None = None,
 ) -> TrainReport:
-    """Train (resumable), export, evaluate. The checkpoint is ``checkpoints/<trunk>.pt``."""
+    """Train (resumable), export, evaluate. The checkpoint is ``checkpoints/<trunk>.pt``.
+
+    A teacher is either a trained checkpoint (``teacher_checkpoint``: contract maps + heads) or the
+    ImageNet MobileNetV2 (``teacher_weights``, or ``teacher_weights`` in the config: backbone maps).
+    """
     ws = Workspace.at(workdir)
     cfg = resolve_config(ws, config)
+    if teacher_checkpoint and (teacher_weights or cfg.teacher_weights):
+        raise ConfigError("give one teacher: --teacher CKPT or --teacher-weights FILE, not both")
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint else None
+    if teacher_weights:  # a command-line path: relative to the current directory
+        teacher = ImageNetTeacher.from_weights(teacher_weights)
+    elif cfg.teacher_weights:  # a config path: relative to the workspace
+        path = Path(cfg.teacher_weights)
+        teacher = ImageNetTeacher.from_weights(path if path.is_absolute() else ws.root / path)
     if teacher is not None and cfg.train.distill_weight <= 0:
         cfg = replace(cfg, train=replace(cfg.train, distill_weight=1.0))  # --teacher implies distillation
     result = train(cfg, data_root(ws, cfg), ws.checkpoints / f"{cfg.trunk}.pt", teacher, resume, progress)

@@ -156,7 +156,7 @@ def distill_finetune(
     """
     if settings.steps == 0:
         return []
-    distiller = FeatureDistiller(student.feature_specs, student.feature_specs)
+    distiller = FeatureDistiller.for_contract(student.feature_specs, student.feature_specs)
     opt = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(settings.seed)
     order, pos, losses = torch.randperm(len(images), generator=g), 0, []

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from heads.head import HeadOutput
 from heads.loss import DetectionLoss
 from shared.backbone import bn_scale_l1
 from shared.trunk import trunk_config
@@ -18,7 +20,7 @@ from transfer.augment import Augment
 from transfer.coco import CocoTask, load_coco
 from transfer.config import PolyheadConfig
 from transfer.datasets import MultiTaskDataset, collate_multitask
-from transfer.distill import FeatureDistiller, response_distillation
+from transfer.distill import FeatureDistiller, ImageNetTeacher, response_distillation, stride_keys
 from transfer.model import MultiTaskModel, TaskInfo, build_model, load_checkpoint, save_checkpoint
 
 
@@ -52,11 +54,33 @@ def lr_at(step: int, total: int, cfg_lr: float, warmup: int) -> float:
     return cfg_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _distiller(model: MultiTaskModel, teacher: MultiTaskModel | ImageNetTeacher) -> FeatureDistiller:
+    """Adapters from the student's maps to the teacher's: backbone taps for ImageNet, else the contract."""
+    teacher.eval()
+    if isinstance(teacher, ImageNetTeacher):
+        return FeatureDistiller(stride_keys(model.trunk.backbone.out_channels), teacher.channels)
+    return FeatureDistiller.for_contract(model.trunk.feature_specs, teacher.trunk.feature_specs)
+
+
+def _distill_loss(
+    distiller: FeatureDistiller, teacher: MultiTaskModel | ImageNetTeacher, images: Tensor,
+    taps: dict[int, Tensor], feats: dict[str, Tensor], outs: dict[str, HeadOutput],
+) -> Tensor:
+    """Feature (+ response, for a task model teacher) distillation loss of one batch."""
+    with torch.no_grad():
+        target = teacher(images)
+    if isinstance(teacher, ImageNetTeacher):
+        return distiller(stride_keys(taps), target)
+    t_feats, t_outs = target
+    kd = distiller(feats, t_feats)
+    return kd + sum(response_distillation(outs[n], t_outs[n]) for n in outs if n in t_outs)
+
+
 def train(
     cfg: PolyheadConfig,
     data_root: str | Path,
     checkpoint: str | Path,
-    teacher: MultiTaskModel | None = None,
+    teacher: MultiTaskModel | ImageNetTeacher | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> TrainResult:
@@ -66,8 +90,9 @@ def train(
         cfg: Validated configuration.
         data_root: Dataset directory (``images/``, ``<task>/train.json``).
         checkpoint: Checkpoint path; if it exists and ``resume``, training continues from it.
-        teacher: Optional trained model whose trunk (and heads, for tasks it has) the student
-            imitates with weight ``cfg.train.distill_weight``.
+        teacher: Optional teacher the student imitates with weight ``cfg.train.distill_weight``:
+            a trained :class:`MultiTaskModel` (contract maps + heads, for tasks it has) or an
+            :class:`ImageNetTeacher` (the student's backbone maps against its ImageNet features).
         resume: Continue from an existing checkpoint.
         progress: Show a progress bar.
     """
@@ -82,10 +107,7 @@ def train(
         start_epoch = int(state.get("epoch", 0))
     else:
         model = build_model(trunk_config(cfg.trunk), task_infos(tasks), cfg.head.width, cfg.head.depth)
-    distiller = None
-    if teacher is not None and cfg.train.distill_weight > 0:
-        teacher.eval()
-        distiller = FeatureDistiller(model.trunk.feature_specs, teacher.trunk.feature_specs)
+    distiller = _distiller(model, teacher) if teacher is not None and cfg.train.distill_weight > 0 else None
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if "optimizer" in state:
@@ -105,14 +127,11 @@ def train(
         for i, (images, targets, _) in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, cfg.train.lr, cfg.train.warmup_steps)
-            feats, outs = model(images)
+            taps, feats, outs = model.forward_with_taps(images)
             losses = {n: loss_fn(outs[n], targets[n])["total"] for n in outs}
             loss = sum(losses.values())
             if distiller is not None:
-                with torch.no_grad():
-                    t_feats, t_outs = teacher(images)
-                kd = distiller(feats, t_feats)
-                kd = kd + sum(response_distillation(outs[n], t_outs[n]) for n in outs if n in t_outs)
+                kd = _distill_loss(distiller, teacher, images, taps, feats, outs)
                 loss = loss + cfg.train.distill_weight * kd
                 losses["distill"] = kd
             if cfg.train.bn_l1 > 0:

