@@ -53,10 +53,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _cmd_bench_compress(args: argparse.Namespace) -> int:
     from transfer.compress import run_compress_bench
 
-    result = run_compress_bench(args.workdir)
+    reports = {"distillation": args.distill_report, "add_task": args.add_task_report}
+    result = run_compress_bench(args.workdir, reports={k: v for k, v in reports.items() if v})
     print(f"best admitted variant: {result['best_variant']} vs {result['baseline']}")
     for key in ("size_ratio", "latency_ratio_b1", "latency_ratio_b8", "max_map_drop"):
         print(f"  {key:18s} {result[key]:.3f}")
+    if "distillation" in result:
+        print(f"  distillation gain (mAP points per task): {result['distillation']['map_gain_points']}")
+    if "add_task" in result:
+        a = result["add_task"]
+        print(f"  add-task head-only {a['head_only']['seconds']:.0f} s vs full fine-tuning "
+              f"{a['full_finetune']['seconds']:.0f} s ({a['speedup']:.1f}x), mAP gap {a['map_gap_points']:+.2f} points")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -89,4 +96,6 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     b = bench_commands(sub).add_parser("compress", help="best admitted variant vs the teacher: size, latency, mAP")
     add_workdir(b)
     b.add_argument("--json", help="write the result here")
+    b.add_argument("--distill-report", metavar="F", help="report.json of bench/distill.py to include")
+    b.add_argument("--add-task-report", metavar="F", help="report.json of bench/add_task.py to include")
     b.set_defaults(func=_cmd_bench_compress)

@@ -283,12 +283,15 @@ def run_compress(
     return CompressReport(catalogue, path, built, time.perf_counter() - t0)
 
 
-def run_compress_bench(workdir: str | Path, repeats: int = 30) -> dict:
+def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str, str | Path] | None = None) -> dict:
     """`polyhead bench compress`: best admitted variant vs the teacher (see :func:`compress_benchmark`).
 
     The teacher's size and latency come from its architecture (``cfg.teacher``, default ``teacher``)
     exported at the same input size; its mAP from ``checkpoints/<teacher>.pt`` when one was trained.
+    ``reports`` maps result keys (``distillation``, ``add_task``) to JSON files written by
+    ``bench/distill.py`` and ``bench/add_task.py``, included as they are.
     """
+    included = {key: read_json(path) for key, path in (reports or {}).items()}  # fail before the slow part
     from shared.trunk import trunk_config
     from transfer.catalogue import compress_benchmark, load_catalogue, teacher_footprint
     from transfer.evaluate import coco_map
@@ -314,4 +317,4 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30) -> dict:
         teacher_maps = {t: coco_map(v, detect_split(v, input_size, torch_detector(model, t, post_config(cfg))))["map"]
                         for t, v in vals.items() if t in model.heads}
     teacher["map"] = teacher_maps
-    return compress_benchmark(catalogue, teacher, teacher_maps)
+    return compress_benchmark(catalogue, teacher, teacher_maps) | included
