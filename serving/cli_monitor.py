@@ -17,7 +17,13 @@ from shared.errors import ConfigError
 OPTIMIZE_KEYS = {
     "prometheus", "server", "repository", "objectives_ms", "high", "low", "breach_evals",
     "recover_evals", "cooldown_s", "interval_s", "source", "device", "metrics_port", "dry_run",
+    "batch_delays_us", "probe_margin", "probe_hold_s",
 }  # fmt: skip
+#: Options of ``ControllerConfig`` besides the objectives (flag and YAML key, same name).
+CONFIG_KEYS = (
+    "high", "low", "breach_evals", "recover_evals", "cooldown_s", "interval_s", "batch_delays_us", "probe_margin",
+    "probe_hold_s",
+)  # fmt: skip
 
 
 def parse_slo(items: list[str]) -> dict[str, float]:
@@ -37,6 +43,20 @@ def parse_slo(items: list[str]) -> dict[str, float]:
             raise ConfigError(f"--slo {item!r}: expected TASK=MILLISECONDS with a positive number, e.g. cars=50")
         out[task] = ms / 1e3
     return out
+
+
+def parse_delays(value: object) -> tuple[int | None, ...]:
+    """``"off,0,500"`` or a YAML list ``[off, 0, 500]`` -> ``(None, 0, 500)`` microseconds (off: ``None``).
+
+    Raises:
+        ConfigError: An item that is neither ``off`` nor whole microseconds >= 0.
+    """
+    from serving.trunk_control import parse_delay
+
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"batch delays {value!r}: expected a list like 0,500,2000 (microseconds; 'off' allowed)")
+    return tuple(parse_delay(item) for item in items if not (isinstance(item, str) and not item.strip()))
 
 
 def load_optimize_yaml(path: Path) -> dict:
@@ -86,10 +106,11 @@ def _optimize_options(args: argparse.Namespace) -> dict:
     objectives = {t: float(ms) / 1e3 for t, ms in (opts.pop("objectives_ms", None) or {}).items()}
     objectives.update(parse_slo(args.slo))
     opts["objectives_s"] = objectives
-    for key in ("prometheus", "server", "repository", "high", "low", "breach_evals", "recover_evals",
-                "cooldown_s", "interval_s", "source", "device", "metrics_port"):  # fmt: skip
+    for key in ("prometheus", "server", "repository", "source", "device", "metrics_port", *CONFIG_KEYS):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
+    if "batch_delays_us" in opts:
+        opts["batch_delays_us"] = parse_delays(opts["batch_delays_us"])
     opts["dry_run"] = bool(args.dry_run or opts.get("dry_run", False))
     for key in ("prometheus", "server"):
         if not opts.get(key):
@@ -102,17 +123,17 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from serving.controller import Controller, ControllerConfig, Policy, TrunkSwitcher, read_variants
     from serving.metrics import PolyheadMetrics, PrometheusReader
     from serving.repository import read_trunk_versions
+    from serving.trunk_control import format_delay
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = _optimize_options(args)
-    keys = ("high", "low", "breach_evals", "recover_evals", "cooldown_s", "interval_s")
-    config = ControllerConfig(objectives_s=opts["objectives_s"], **{k: opts[k] for k in keys if k in opts})
+    config = ControllerConfig(objectives_s=opts["objectives_s"], **{k: opts[k] for k in CONFIG_KEYS if k in opts})
     repo = Path(opts["repository"]) if opts.get("repository") else None
     switcher = TrunkSwitcher(opts["server"], repo, headers=control_headers() or None)
     versions = read_trunk_versions(repo) if repo is not None else switcher.versions()
     variants = read_variants(Path(args.workdir), versions, opts.get("device"))
     live = versions.get(switcher.live_version())
-    policy = Policy(variants, config, live)
+    policy = Policy(variants, config, live, delays=switcher.batch_delay())
     metrics = PolyheadMetrics()
     if opts.get("metrics_port"):
         metrics.serve(int(opts["metrics_port"]), addr=args.address)
@@ -121,7 +142,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         source=opts.get("source", "client"),
     )  # fmt: skip
     ladder = ", ".join(f"{v.name} (mAP {v.accuracy:.3f}, {v.latency_ms or 0:.1f} ms)" for v in policy.variants)
-    print(f"polyhead optimize: live {live}; variants by accuracy: {ladder}" + (" [dry run]" if opts["dry_run"] else ""))
+    delays = ", ".join(format_delay(d) + (" (home)" if d == policy.home else "") for d in policy.delays)
+    print(f"polyhead optimize: live {live}, batch delay {format_delay(policy.delay)}; variants by accuracy: "
+          f"{ladder}; batch delays: {delays}" + (" [dry run]" if opts["dry_run"] else ""))  # fmt: skip
     if args.once:
         decision = controller.step()
         print(decision.to_json() if decision else "no change")
@@ -194,7 +217,9 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     m.add_argument("--slo", action="append", default=[], metavar="TASK=MS", help="objective to export")
     m.set_defaults(func=_cmd_monitor)
 
-    o = sub.add_parser("optimize", help="keep every task inside its latency objective by switching trunk variants")
+    o = sub.add_parser(
+        "optimize", help="keep every task inside its latency objective with trunk variants and the batching delay"
+    )
     add_workdir(o)
     o.add_argument("--config", help="YAML with the options below (flags win)")
     o.add_argument("--prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
@@ -209,6 +234,12 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     o.add_argument("--recover-evals", type=int, help="evaluations with room before stepping up (3)")
     o.add_argument("--cooldown-s", type=float, help="seconds without decisions after a switch (60)")
     o.add_argument("--interval-s", type=float, help="seconds between evaluations (5)")
+    o.add_argument("--batch-delays-us", metavar="US,US", help="trunk dynamic-batching delays to try when the "
+                   "lightest variant is over objective, e.g. 0,500,2000 ('off' allowed); default: only the "
+                   "deployment's own (never changed)")
+    o.add_argument("--probe-margin", type=float, help="keep a tried delay only if the worst p95/objective fell "
+                   "by this fraction (0.1)")
+    o.add_argument("--probe-hold-s", type=float, help="seconds a delay that did not help is not tried again (600)")
     o.add_argument("--device", help="variant.json latency_ms key to compare variants on")
     o.add_argument("--metrics-port", type=int, help="export decisions on this port")
     o.add_argument("--address", default="0.0.0.0", help="address of --metrics-port (default: %(default)s)")

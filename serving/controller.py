@@ -1,17 +1,18 @@
-"""The latency controller: keep every task inside its p95 objective by switching trunk variants.
+"""The latency controller: keep every task inside its p95 objective with the most accurate variant.
 
-Pieces (composed by :class:`Controller`, each testable alone):
+Two knobs, in this order: the trunk **variant** (admitted compression variants, most accurate
+first) and the trunk's dynamic **batching delay** (``max_queue_delay_microseconds``, a ladder the
+user gives; off by default). Pieces (composed by :class:`Controller`, each testable alone):
 
-* :func:`read_variants`: the admitted variants with their accuracy (mean mAP over tasks, from
-  ``variant.json``) and relative cost (``latency_ms``) and Triton version number.
+* :func:`serving.trunk_control.read_variants`: the variants with accuracy, cost and version.
 * :class:`Policy`: the decision logic, pure: hysteresis (``high``/``low`` thresholds on
   p95/objective, ``breach_evals``/``recover_evals`` consecutive evaluations) and a cool-down
-  after each switch at least as long as the recording rules' rate window, so the p95 that
-  triggered a switch is not read again as a reason for the next one.
+  after each change at least as long as the recording rules' rate window, so the p95 that
+  triggered a change is not read again as a reason for the next one. Delays are probed: kept only
+  if the worst p95/objective ratio fell by ``probe_margin``, else reverted and held off.
 * :class:`serving.metrics.PrometheusReader`: p95 per task from Prometheus' HTTP API.
-* :class:`TrunkSwitcher`: ``set_live_trunk_version`` + Triton ``load("trunk")`` (or a load with
-  a config override, for remote repositories), on every replica; Triton keeps serving the old
-  version until the new one is ready, so no request fails during a switch.
+* :class:`serving.trunk_control.TrunkSwitcher`: a Triton ``load("trunk", config=<override>)`` on
+  every replica; Triton keeps serving the old model until the new one is ready, so no request fails.
 """
 
 from __future__ import annotations
@@ -19,49 +20,53 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from serving.metrics import PolyheadMetrics, PrometheusReader
-from serving.repository import read_trunk_versions, set_live_trunk_version
-from shared.errors import ArtifactError, ConfigError, ServingError
+from serving.trunk_control import (
+    Delay,
+    TrunkSwitcher,
+    Variant,
+    delay_key,
+    format_delay,
+    parse_delay,
+    read_variants,
+)
+from shared.errors import ConfigError, ServingError
+
+__all__ = [
+    "Controller", "ControllerConfig", "Decision", "Delay", "Policy", "TrunkSwitcher", "Variant", "read_variants",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class Variant:
-    """One admitted trunk variant as the controller sees it.
-
-    Attributes:
-        name: Variant name (``trunk/<name>``).
-        version: Its Triton version number in the repository.
-        accuracy: Mean COCO mAP over tasks (``variant.json`` ``map``); higher is better.
-        latency_ms: Measured latency on one device (``variant.json`` ``latency_ms``), or ``None``.
-    """
-
-    name: str
-    version: int
-    accuracy: float
-    latency_ms: float | None = None
+#: Decision reasons: a step down (either knob), a step back, and the two outcomes of a delay probe.
+OVER, FELL, KEPT, REVERTED = "over_objective", "load_fell", "probe_kept", "probe_reverted"
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Objectives and hysteresis of the controller.
+    """Objectives, hysteresis and the batching-delay ladder of the controller.
 
     Attributes:
         objectives_s: p95 objective per task, seconds.
-        high: Step to a lighter variant when some task's p95 > ``high`` x objective.
-        low: Step to a more accurate variant when every task's predicted p95 there is below
-            ``low`` x objective (prediction: p95 scaled by the variants' latency ratio).
+        high: Step down when some task's p95 > ``high`` x objective: to a lighter variant, or (none
+            left) probe the next batching delay.
+        low: Step back when every task's predicted p95 there is below ``low`` x objective
+            (prediction: p95 scaled by the variants' latency ratio, or by the gain a delay showed).
         breach_evals: Consecutive evaluations over ``high`` before stepping down.
-        recover_evals: Consecutive evaluations with room before stepping up.
-        cooldown_s: No decision this long after a switch (>= the p95 rate window, 1 m).
+        recover_evals: Consecutive evaluations with room before stepping back.
+        cooldown_s: No decision this long after a change (>= the p95 rate window, 1 m).
         interval_s: Seconds between evaluations.
+        batch_delays_us: Batching delays (microseconds; ``None``: batching off) the controller may
+            use besides the deployment's own; empty: the delay is never changed.
+        probe_margin: A probed delay is kept only if the worst p95/objective ratio fell by at least
+            this fraction (0.1: 10 %) over its cool-down; otherwise it is reverted.
+        probe_hold_s: A reverted delay, and every delay beyond it in that direction, is not tried
+            again for this long.
     """
 
     objectives_s: dict[str, float]
@@ -71,6 +76,9 @@ class ControllerConfig:
     recover_evals: int = 3
     cooldown_s: float = 60.0
     interval_s: float = 5.0
+    batch_delays_us: tuple[Delay, ...] = ()
+    probe_margin: float = 0.1
+    probe_hold_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.objectives_s:
@@ -82,43 +90,93 @@ class ControllerConfig:
             raise ConfigError(f"need 0 < low < high, got low={self.low}, high={self.high}")
         if self.breach_evals < 1 or self.recover_evals < 1 or self.cooldown_s < 0 or self.interval_s <= 0:
             raise ConfigError("breach_evals, recover_evals must be >= 1, cooldown_s >= 0, interval_s > 0")
+        for delay in self.batch_delays_us:
+            if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
+                raise ConfigError(f"batch_delays_us: {delay!r} is not whole microseconds >= 0 or None (off)")
+        if not 0 <= self.probe_margin < 1 or self.probe_hold_s < 0:
+            raise ConfigError(
+                f"need 0 <= probe_margin < 1 and probe_hold_s >= 0, got {self.probe_margin}, {self.probe_hold_s}"
+            )
 
 
 @dataclass(frozen=True)
 class Decision:
-    """A switch decided by :class:`Policy`.
+    """A change decided by :class:`Policy`: of the variant or of the batching delay, never both.
 
     Attributes:
         from_variant: Live variant before.
-        to: The chosen variant.
-        reason: ``over_objective`` (step down) or ``load_fell`` (step back up).
+        to: The variant after (the live one for delay decisions).
+        reason: ``over_objective`` (step down / probe a delay), ``load_fell`` (step back),
+            ``probe_kept`` (a probed delay helped: nothing to apply) or ``probe_reverted``.
         p95_s: The p95 per task that led to it (``None``: no traffic).
+        from_delay_us: Batching delay before (``None``: off).
+        to_delay_us: Batching delay after.
     """
 
     from_variant: str
     to: Variant
     reason: str
     p95_s: dict[str, float | None] = field(default_factory=dict)
+    from_delay_us: Delay = None
+    to_delay_us: Delay = None
+
+    @property
+    def knob(self) -> str | None:
+        """``"variant"``, ``"batch_delay"`` or ``None`` (nothing to apply: a kept probe)."""
+        if self.to.name != self.from_variant:
+            return "variant"
+        return "batch_delay" if self.to_delay_us != self.from_delay_us else None
+
+    def labels(self) -> tuple[str, str]:
+        """``from``/``to`` labels of the decisions counter: variant names, or ``delay:<us|off>``."""
+        if self.knob == "variant":
+            return self.from_variant, self.to.name
+        return f"delay:{format_delay(self.from_delay_us)}", f"delay:{format_delay(self.to_delay_us)}"
 
     def to_json(self) -> str:
-        """One JSON line for the decision log."""
+        """One JSON line for the decision log (delays: microseconds or ``"off"``)."""
         return json.dumps(
             {"from": self.from_variant, "to": self.to.name, "version": self.to.version, "reason": self.reason,
+             "knob": self.knob, "from_delay_us": _json_delay(self.from_delay_us),
+             "to_delay_us": _json_delay(self.to_delay_us),
              "p95_ms": {t: None if v is None else round(v * 1e3, 3) for t, v in self.p95_s.items()}},
             sort_keys=True,
         )  # fmt: skip
 
 
+def _json_delay(delay: Delay) -> int | str:
+    return "off" if delay is None else delay
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A delay being tried: from, to, and the worst p95/objective ratio before it."""
+
+    from_delay: Delay
+    to_delay: Delay
+    before: float
+
+
 class Policy:
-    """Stateful decision logic over a ladder of variants (no I/O; time is passed in).
+    """Stateful decision logic over a ladder of variants and one of batching delays (no I/O).
+
+    Breach: a lighter variant first; at the lightest, probe the next delay away from the
+    deployment's own ("home"), up first. A probe is judged on the first evaluation after its
+    cool-down: kept if the worst ratio fell by ``probe_margin``, else reverted and held off for
+    ``probe_hold_s``. Room: the delay steps back one rung towards home first, then the variant
+    towards the most accurate. Time is passed in.
 
     Args:
         variants: Admitted variants (at least one).
-        config: Objectives and hysteresis.
+        config: Objectives, hysteresis, delay ladder.
         live: Name of the variant live now.
+        delays: ``(live, home)`` batching delays of the trunk (``None``: batching off); the ladder
+            is ``config.batch_delays_us`` plus both.
     """
 
-    def __init__(self, variants: list[Variant], config: ControllerConfig, live: str) -> None:
+    def __init__(
+        self, variants: list[Variant], config: ControllerConfig, live: str, delays: tuple[Delay, Delay] = (None, None)
+    ) -> None:
         if not variants:
             raise ConfigError("no admitted trunk variant to choose from")
         self.variants = sorted(variants, key=lambda v: (-v.accuracy, v.name))  # most accurate first
@@ -127,9 +185,14 @@ class Policy:
             raise ConfigError(f"live variant {live!r} is not among the admitted ones {sorted(self.by_name)}")
         self.config = config
         self.live = self.by_name[live]
+        self.delay, self.home = (parse_delay(d) for d in delays)
+        self.delays = sorted({*config.batch_delays_us, self.delay, self.home}, key=delay_key)
         self.last_switch = -math.inf
         self.breaches = 0
         self.recoveries = 0
+        self.probe: _Probe | None = None
+        self.held: dict[Delay, float] = {}  # delay -> until when it is not probed again
+        self.gains: dict[tuple[Delay, Delay], float] = {}  # (from, to) of a kept probe -> ratio after/before
 
     def worst_ratio(self, p95_s: Mapping[str, float | None]) -> float:
         """Largest p95/objective over the objective's tasks (0 for tasks without traffic)."""
@@ -167,6 +230,32 @@ class Policy:
                 return v
         return None
 
+    def _probe_target(self, now: float) -> int | None:
+        """Index of the next delay to probe: one rung further from home (up first), not held."""
+        i, home = self.delays.index(self.delay), self.delays.index(self.home)
+        for j in (i + 1, i - 1):
+            further = abs(j - home) > abs(i - home)
+            if 0 <= j < len(self.delays) and further and self.held.get(self.delays[j], -math.inf) <= now:
+                return j
+        return None
+
+    def _delay_back(self, worst: float) -> int | None:
+        """Index of the delay one rung towards home if it is predicted under ``low``."""
+        i, home = self.delays.index(self.delay), self.delays.index(self.home)
+        if i == home:
+            return None
+        j = i - 1 if i > home else i + 1
+        gain = self.gains.get((self.delays[j], self.delay))  # p95 ratio after/before when it was probed
+        predicted = worst / gain if gain else worst
+        return j if predicted < self.config.low else None
+
+    def _judge(self, worst: float, snapshot: dict[str, float | None]) -> Decision:
+        """Keep the probed delay if the worst ratio fell by the margin, else revert it."""
+        probe = self.probe
+        if worst <= probe.before * (1 - self.config.probe_margin):
+            return Decision(self.live.name, self.live, KEPT, snapshot, self.delay, self.delay)
+        return Decision(self.live.name, self.live, REVERTED, snapshot, self.delay, probe.from_delay)
+
     def decide(self, p95_s: Mapping[str, float | None], now: float) -> Decision | None:
         """Fold one evaluation in; return a decision when one is due (apply it, then :meth:`commit`).
 
@@ -177,157 +266,59 @@ class Policy:
         if now - self.last_switch < self.config.cooldown_s:
             return None
         worst = self.worst_ratio(p95_s)
-        down = self._lighter(worst) if worst > self.config.high else None
-        up = self._better(worst) if down is None and worst <= self.config.high else None
-        self.breaches = self.breaches + 1 if down is not None else 0
-        self.recoveries = self.recoveries + 1 if up is not None else 0
         snapshot = {t: p95_s.get(t) for t in self.config.objectives_s}
-        if down is not None and self.breaches >= self.config.breach_evals:
-            return Decision(self.live.name, down, "over_objective", snapshot)
-        if up is not None and self.recoveries >= self.config.recover_evals:
-            return Decision(self.live.name, up, "load_fell", snapshot)
+        if self.probe is not None:
+            return self._judge(worst, snapshot)
+        over = worst > self.config.high
+        down = self._lighter(worst) if over else None
+        probe = self._probe_target(now) if over and down is None else None
+        back = None if over else self._delay_back(worst)
+        up = self._better(worst) if not over and self.delay == self.home else None
+        self.breaches = self.breaches + 1 if down is not None or probe is not None else 0
+        self.recoveries = self.recoveries + 1 if back is not None or up is not None else 0
+        live, delay = self.live, self.delay
+        if self.breaches >= self.config.breach_evals:
+            if down is not None:
+                return Decision(live.name, down, OVER, snapshot, delay, delay)
+            return Decision(live.name, live, OVER, snapshot, delay, self.delays[probe])
+        if self.recoveries >= self.config.recover_evals:
+            if back is not None:
+                return Decision(live.name, live, FELL, snapshot, delay, self.delays[back])
+            return Decision(live.name, up, FELL, snapshot, delay, delay)
         return None
 
     def commit(self, decision: Decision, now: float) -> None:
-        """Record that ``decision`` was applied at ``now`` (starts the cool-down)."""
+        """Record that ``decision`` was applied at ``now`` (a change starts the cool-down)."""
+        worst = self.worst_ratio(decision.p95_s)
+        if decision.reason == KEPT and self.probe is not None:
+            if worst > 0 and self.probe.before > 0:
+                self.gains[(self.probe.from_delay, self.probe.to_delay)] = worst / self.probe.before
+            self.probe = None
+        elif decision.reason == REVERTED and self.probe is not None:
+            start, tried = self.delays.index(self.probe.from_delay), self.delays.index(self.probe.to_delay)
+            step = 1 if tried > start else -1
+            for k in range(tried, len(self.delays) if step > 0 else -1, step):  # the tried one and beyond
+                self.held[self.delays[k]] = now + self.config.probe_hold_s
+            self.probe = None
+        elif decision.knob == "batch_delay" and decision.reason == OVER:
+            self.probe = _Probe(decision.from_delay_us, decision.to_delay_us, worst)
         self.live = decision.to
-        self.last_switch = now
+        self.delay = decision.to_delay_us
+        if decision.knob is not None:
+            self.last_switch = now
         self.breaches = self.recoveries = 0
-
-
-def _latency(meta: dict, device: str | None) -> float | None:
-    table = meta.get("latency_ms") or {}
-    if not isinstance(table, dict) or not table:
-        return None
-    entry = table.get(device) if device is not None else next(iter(table.values()))
-    if isinstance(entry, dict):
-        entry = entry.get("b1", next(iter(entry.values()), None))
-    return float(entry) if isinstance(entry, (int, float)) else None
-
-
-def read_variants(workdir: Path, versions: Path | Mapping[int, str], device: str | None = None) -> list[Variant]:
-    """Admitted (and Pareto-optimal, where recorded) variants that the server has as trunk versions.
-
-    Args:
-        workdir: Workspace with ``trunk/<variant>/variant.json``.
-        versions: Trunk version -> variant name, or a model repository (its ``versions.json``).
-        device: ``latency_ms`` key to compare costs on (default: each file's first entry).
-
-    Raises:
-        ArtifactError: No usable variant.
-    """
-    if not isinstance(versions, Mapping):
-        versions = read_trunk_versions(versions)
-    usable: list[tuple[int, str, dict]] = []
-    for version, name in versions.items():
-        path = Path(workdir) / "trunk" / name / "variant.json"
-        meta = json.loads(path.read_text()) if path.is_file() else {}
-        if meta.get("admitted", False) and meta.get("pareto") is not False:
-            usable.append((version, name, meta))
-    # Rank on the tasks every usable variant was evaluated on, so a task evaluated on one variant
-    # only (e.g. added later) cannot make that variant look more or less accurate.
-    common = set.intersection(*(set(meta.get("map") or {}) for _, _, meta in usable)) if usable else set()
-    out = []
-    for version, name, meta in usable:
-        per_task = (meta.get("map") or {}).items()
-        maps = [float(m["map"] if isinstance(m, dict) else m) for t, m in per_task if t in common]
-        accuracy = sum(maps) / len(maps) if maps else 0.0
-        out.append(Variant(name, version, accuracy, _latency(meta, device)))
-    if not out:
-        raise ArtifactError(f"no admitted trunk variant among versions {dict(versions)} in {workdir}/trunk")
-    latencies = [v.latency_ms for v in out]
-    if None in latencies:  # compare like with like: all known or none
-        out = [Variant(v.name, v.version, v.accuracy, None) for v in out]
-    return out
-
-
-class TrunkSwitcher:
-    """Applies a variant on every Triton replica behind ``server``; the old version serves until then.
-
-    Two ways, same effect: with ``repo`` (a local repository the server reads) the version is pinned
-    in ``trunk/config.pbtxt`` (:func:`set_live_trunk_version`, persists across restarts) and
-    ``trunk`` is reloaded; without it (repositories on S3/GCS, Kubernetes) ``trunk`` is reloaded
-    with a config override carrying the new ``version_policy``.
-
-    Args:
-        server: Triton gRPC ``host:port``; a host resolving to several addresses (a headless
-            Service) means one replica per address, each switched.
-        repo: Local model repository the server reads, or ``None`` for config overrides.
-        headers: gRPC metadata for model control (``serving.admin.control_headers()``).
-        timeout_s: Deadline of one load call.
-    """
-
-    def __init__(
-        self, server: str, repo: Path | None = None, headers: dict[str, str] | None = None, timeout_s: float = 120.0
-    ) -> None:
-        self.server = server
-        self.repo = Path(repo) if repo is not None else None
-        self.headers = headers
-        self.timeout_s = timeout_s
-
-    def replicas(self) -> list[str]:
-        """``ip:port`` of every address ``server`` resolves to (sorted, unique)."""
-        host, _, port = self.server.rpartition(":")
-        try:
-            infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
-        except (OSError, ValueError) as err:
-            raise ServingError(f"cannot resolve Triton address {self.server!r}: {err}") from err
-        return sorted({f"[{i[4][0]}]:{port}" if ":" in i[4][0] else f"{i[4][0]}:{port}" for i in infos})
-
-    def _call(self, address: str, method: str, *args: object, **kwargs: object) -> object:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
-        client = grpcclient.InferenceServerClient(address)
-        try:
-            return getattr(client, method)(*args, headers=self.headers, client_timeout=self.timeout_s, **kwargs)
-        except InferenceServerException as err:
-            raise ServingError(f"{method}('trunk') on Triton {address} failed: {err.message()}") from err
-        finally:
-            client.close()
-
-    def live_version(self) -> int:
-        """Highest ready version of ``trunk`` (on the first replica)."""
-        meta = self._call(self.replicas()[0], "get_model_metadata", "trunk")
-        return max(int(v) for v in meta.versions)
-
-    def versions(self) -> dict[int, str]:
-        """Trunk version -> variant name, from the served trunk config (``versions`` parameter)."""
-        cfg = self._call(self.replicas()[0], "get_model_config", "trunk").config
-        if "versions" not in cfg.parameters:
-            raise ServingError(f"the trunk served at {self.server} has no 'versions' parameter; rebuild its repository")
-        return {int(v): n for v, n in json.loads(cfg.parameters["versions"].string_value).items()}
-
-    def apply(self, variant: Variant) -> None:
-        """Make ``variant`` live on every replica.
-
-        Raises:
-            ServingError: If a replica cannot load it (that replica keeps the old version).
-        """
-        from google.protobuf.json_format import MessageToJson
-
-        if self.repo is not None:
-            set_live_trunk_version(self.repo, variant.version)
-        for address in self.replicas():
-            if self.repo is not None:
-                self._call(address, "load_model", "trunk")
-                continue
-            cfg = self._call(address, "get_model_config", "trunk").config
-            cfg.ClearField("version_policy")
-            cfg.version_policy.specific.versions.append(variant.version)
-            self._call(address, "load_model", "trunk", config=MessageToJson(cfg, preserving_proto_field_name=True))
 
 
 class Controller:
     """Evaluate, decide, apply (unless dry-run), log and export; in a loop.
 
     Args:
-        policy: The decision logic (knows the live variant).
+        policy: The decision logic (knows the live variant and delay).
         reader: Where p95 comes from.
         switcher: Applies decisions; ``None`` for a dry run (decisions are logged and exported,
             and the policy proceeds as if they had been applied).
-        metrics: Where decisions, objectives and the live variant are exported (optional).
-        source: ``client`` or ``server`` p95 (see :data:`P95_QUERIES`).
+        metrics: Where decisions, objectives, the live variant and delay are exported (optional).
+        source: ``client`` or ``server`` p95 (see :data:`serving.metrics.P95_QUERIES`).
     """
 
     def __init__(
@@ -343,6 +334,22 @@ class Controller:
         if metrics is not None:
             metrics.set_objectives(policy.config.objectives_s)
             metrics.set_live_variant(policy.live.version, policy.live.name)
+            metrics.set_batch_delay(policy.delay)
+
+    def _apply(self, decision: Decision) -> bool:
+        """Apply ``decision`` unless dry run; False (logged) if a replica refused it."""
+        if self.switcher is None or decision.knob is None:
+            return True
+        try:
+            if decision.knob == "variant":
+                self.switcher.apply(decision.to)
+            else:
+                self.switcher.apply_batch_delay(decision.to_delay_us)
+        except ServingError as err:
+            log.error("%s failed, still on %s / delay %s: %s", decision.to_json(), decision.from_variant,
+                      format_delay(decision.from_delay_us), err)  # fmt: skip
+            return False
+        return True
 
     def step(self, now: float | None = None) -> Decision | None:
         """One evaluation; returns the decision applied (or that would be, in a dry run)."""
@@ -353,20 +360,15 @@ class Controller:
             log.warning("no decision this round: %s", err)
             return None
         decision = self.policy.decide(p95, now)
-        if decision is None:
+        if decision is None or not self._apply(decision):
             return None
-        if self.switcher is not None:
-            try:
-                self.switcher.apply(decision.to)
-            except ServingError as err:
-                log.error("switch to %s failed, still on %s: %s", decision.to.name, decision.from_variant, err)
-                return None
         self.policy.commit(decision, now)
         self.decisions.append(decision)
         log.info("%sdecision %s", "dry-run " if self.switcher is None else "", decision.to_json())
         if self.metrics is not None:
-            self.metrics.record_decision(decision.from_variant, decision.to.name, decision.reason)
+            self.metrics.record_decision(*decision.labels(), decision.reason)
             self.metrics.set_live_variant(decision.to.version, decision.to.name)
+            self.metrics.set_batch_delay(decision.to_delay_us)
         return decision
 
     def run(self, stop: threading.Event) -> None:

@@ -11,7 +11,8 @@ Where each series is measured (see ``docs/monitoring.md``):
 * ``polyhead_trunk_variant_info{variant,version}``, ``polyhead_live_trunk_version``: exporter and
   controller (read from Triton's repository index + the trunk config).
 * ``polyhead_slo_objective_seconds{task}``: whoever knows the objectives (client wrapper, exporter,
-  controller). ``polyhead_controller_decisions_total{from,to,reason}``: the controller.
+  controller). ``polyhead_controller_decisions_total{from,to,reason}``,
+  ``polyhead_trunk_batch_delay_seconds``: the controller.
 
 :class:`PrometheusReader` reads them back (recording rules) through Prometheus' HTTP API.
 
@@ -111,6 +112,7 @@ class PolyheadMetrics:
             registry=r,
         )
         self.live_version: Gauge | None = None  # created on first use: only processes that know it export it
+        self.batch_delay: Gauge | None = None  # likewise (the controller)
         self._objectives: dict[str, float] = {}
         self._live: tuple[str, str] | None = None
 
@@ -161,8 +163,21 @@ class PolyheadMetrics:
         self.live_version.set(version)
         self._live = key
 
+    def set_batch_delay(self, delay_us: int | None) -> None:
+        """Export the trunk's live dynamic-batching delay (``None``: batching off, exported as -1)."""
+        if self.batch_delay is None:
+            self.batch_delay = Gauge(
+                "polyhead_trunk_batch_delay_seconds",
+                "Dynamic batching max queue delay of the live trunk; -1 when dynamic batching is off.",
+                registry=self.registry,
+            )
+        self.batch_delay.set(-1 if delay_us is None else delay_us / 1e6)
+
     def record_decision(self, from_variant: str, to_variant: str, reason: str) -> None:
-        """Count one controller decision (``reason``: e.g. ``over_objective``, ``load_fell``)."""
+        """Count one controller decision (``reason``: e.g. ``over_objective``, ``load_fell``).
+
+        Delay decisions are labelled ``delay:<us|off>`` (e.g. ``from="delay:off", to="delay:500us"``).
+        """
         self.decisions.labels(from_variant, to_variant, reason).inc()
 
 
