@@ -222,6 +222,7 @@ class TrunkSwitcher:
         The version policy (the live variant) and every other field are kept as served.
 
         Raises:
+            ConfigError: ``delay`` is not whole microseconds >= 0 or ``None``.
             ServingError: If a replica cannot load the new config (it keeps serving the old one).
         """
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
