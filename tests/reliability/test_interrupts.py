@@ -20,13 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.artifacts import atomic_write_bytes, sha256_file
-from shared.trunk import trunk_config
-from shared.workspace import Workspace
-from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
-from transfer.model import TaskInfo, build_model, save_checkpoint
-from transfer.pipeline import publish_model
-from transfer.synth import CLASSES, generate
+from shared.artifacts import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -35,27 +29,14 @@ Trigger = Callable[[subprocess.Popen], bool]
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Synthetic data and a workspace: an untrained nano trunk as `reference` (+ an admitted copy
-    `narrow`) with one head `signs` (as tests/transfer/test_add_task.py builds it)."""
+def template(tiny_workspace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nano trunk `reference` (+ an admitted copy `narrow`) with one head `signs`; untrained."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("interrupts")
-    generate(root / "data", seed=0, num_train=12, num_val=4, image_size=128)
-    ws = Workspace.at(root / "work")
-    cfg = PolyheadConfig(input_size=SIZE, trunk="nano", data=DataConfig(root=str(root / "data"), tasks=("signs",)),
-                         head=HeadSettings(width=16, depth=1, max_dets=20))
-    atomic_write_bytes(ws.config, dump_config(cfg).encode())
-    torch.manual_seed(0)
-    signs = TaskInfo(CLASSES["signs"], tuple(range(1, len(CLASSES["signs"]) + 1)))
-    model = build_model(trunk_config("nano"), {"signs": signs}, 16, 1)
-    save_checkpoint(ws.checkpoints / "nano.pt", model)
-    publish_model(ws, cfg, model)
-    shutil.copytree(ws.variant("reference"), ws.variant("narrow"))
-    meta = json.loads((ws.variant("narrow") / "variant.json").read_text())
-    (ws.variant("narrow") / "variant.json").write_text(json.dumps({**meta, "name": "narrow", "admitted": True}))
-    torch.set_num_threads(threads)
-    return root
+    try:
+        return tiny_workspace(tmp_path_factory.mktemp("interrupts"), 12, 4, {"narrow": True})
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _visible(root: Path) -> dict[str, str]:

@@ -17,16 +17,12 @@ import transfer.add_task as add_task_mod
 import transfer.feature_cache as cache_mod
 from serving.cli import main as cli_main
 from serving.hot_add import TritonHotAdd
-from shared.artifacts import atomic_write_bytes, sha256_file
+from shared.artifacts import sha256_file
 from shared.errors import ArtifactError, ConfigError, DataError, ServingError
-from shared.trunk import trunk_config
 from shared.workspace import Workspace
 from transfer.add_task import add_task
-from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
 from transfer.feature_cache import HeadTrainConfig, build_feature_cache, load_frozen_trunk
-from transfer.model import TaskInfo, build_model, save_checkpoint
-from transfer.pipeline import publish_model
-from transfer.synth import CLASSES, generate
+from transfer.synth import CLASSES
 
 SIZE = 64
 FAST = HeadTrainConfig(epochs=2, batch_size=16)
@@ -42,25 +38,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def template(one_thread, tmp_path_factory) -> Path:
-    """Synthetic data + a workspace: nano trunk published as `reference` (+ a copy `narrow`, a rejected
-    variant) with one head `signs`; weights untrained (no long training in tests)."""
-    root = tmp_path_factory.mktemp("addtask")
-    generate(root / "data", seed=0, num_train=20, num_val=6, image_size=128)
-    ws = Workspace.at(root / "work")
-    cfg = PolyheadConfig(input_size=SIZE, trunk="nano", data=DataConfig(root=str(root / "data"), tasks=("signs",)),
-                         head=HeadSettings(width=16, depth=1, max_dets=20))
-    atomic_write_bytes(ws.config, dump_config(cfg).encode())
-    torch.manual_seed(0)
-    signs = TaskInfo(CLASSES["signs"], tuple(range(1, len(CLASSES["signs"]) + 1)))
-    model = build_model(trunk_config("nano"), {"signs": signs}, 16, 1)
-    save_checkpoint(ws.checkpoints / "nano.pt", model)
-    publish_model(ws, cfg, model)
-    for name, admitted in (("narrow", True), ("rejected", False)):
-        shutil.copytree(ws.variant("reference"), ws.variant(name))
-        meta = json.loads((ws.variant(name) / "variant.json").read_text())
-        (ws.variant(name) / "variant.json").write_text(json.dumps({**meta, "name": name, "admitted": admitted}))
-    return root
+def template(one_thread, tiny_workspace, tmp_path_factory) -> Path:
+    """nano trunk `reference` (+ a copy `narrow`, a rejected variant) with one head `signs`; untrained."""
+    return tiny_workspace(tmp_path_factory.mktemp("addtask"), 20, 6, {"narrow": True, "rejected": False})
 
 
 @pytest.fixture()
