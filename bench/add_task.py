@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT))
 TASK = "shapes"
 
 
-def head_only(ws: Path, data: Path) -> dict:
+def head_only(ws: Path, data: Path, epochs: int, name: str = "bench_shapes") -> dict:
     """`add-task` on a copy of the workspace; wall time and mAP on the reference variant."""
     from transfer.add_task import add_task
 
     t0 = time.perf_counter()
-    report = add_task(ws, "bench_shapes", data / TASK / "train.json", data / TASK / "val.json", data / "images",
-                      progress=False)
+    report = add_task(ws, name, data / TASK / "train.json", data / TASK / "val.json", data / "images",
+                      epochs=epochs, progress=False)
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 1), "map": round(report.maps["reference"]["map"], 4),
             "map50": round(report.maps["reference"]["map50"], 4), "phases_s": report.seconds,
@@ -80,6 +80,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="polyhead-work")
     p.add_argument("--epochs", type=int, default=10, help="full fine-tuning epochs")
+    p.add_argument("--head-epochs", type=int, default=40, help="head-only epochs (add-task's default: 40)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
 
@@ -96,7 +97,7 @@ def main() -> int:
     ws = out / "work"
     shutil.rmtree(ws, ignore_errors=True)
     shutil.copytree(src, ws, ignore=shutil.ignore_patterns("model_repository", "data", ".add-task-*"))
-    heads = head_only(ws, data)
+    heads = head_only(ws, data, args.head_epochs)
     print(f"head-only add-task: {heads['seconds']:.0f} s, mAP {heads['map']:.3f} (mAP50 {heads['map50']:.3f})",
           flush=True)
     full = full_finetune(ws, data, args.epochs)
