@@ -55,7 +55,10 @@ def _interrupt(cmd: list[str], trigger: Trigger, delay: float, sig: int, timeout
     Returns:
         ``(returncode, output)``; a run that ends before the trigger is returned as it ended.
     """
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to default in the child: under a non-interactive shell's `cmd &` it is inherited as
+    # ignored, and Python then never raises KeyboardInterrupt (Ctrl-C would do nothing).
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while not trigger(proc) and proc.poll() is None:
         if time.monotonic() > deadline:
