@@ -133,7 +133,8 @@ def compress_benchmark(catalogue: dict, teacher: dict | None, teacher_maps: Mapp
 
     Returns:
         ``size_ratio``, ``latency_ratio_b1``, ``latency_ratio_b8``, ``max_map_drop`` (points, worst task,
-        vs the teacher's mAP when known, else vs the reference) and the same against the reference.
+        vs the teacher's mAP on the tasks it has heads for when known, else vs the reference on every
+        task; ``map_drop_tasks`` says which) and the same against the reference.
     """
     rows, ref_name = catalogue["variants"], catalogue["reference"]
     best = best_admitted(catalogue)
@@ -141,8 +142,11 @@ def compress_benchmark(catalogue: dict, teacher: dict | None, teacher_maps: Mapp
     base = teacher or ref
     tasks = catalogue["tasks"]
     drop_ref = map_drop_points(b["map"], ref["map"], tasks)
-    drop_teacher = map_drop_points(b["map"], teacher_maps, tasks) if teacher_maps else None
+    # The teacher has heads only for the tasks it was trained on (not for tasks added head-only later).
+    teacher_tasks = [t for t in tasks if t in (teacher_maps or {})]
+    drop_teacher = map_drop_points(b["map"], teacher_maps, teacher_tasks) if teacher_tasks else None
     base_maps = teacher_maps if drop_teacher is not None else ref["map"]
+    delta_tasks = teacher_tasks if drop_teacher is not None else tasks
     return {
         "best_variant": best,
         "baseline": "teacher" if teacher else ref_name,
@@ -151,7 +155,8 @@ def compress_benchmark(catalogue: dict, teacher: dict | None, teacher_maps: Mapp
         "latency_ratio_b8": base["latency_b8_ms"] / b["latency_b8_ms"],
         "max_map_drop": drop_teacher if drop_teacher is not None else drop_ref,
         "map_drop_baseline": "teacher" if drop_teacher is not None else ref_name,
-        "map_delta_per_task": {t: 100.0 * (b["map"][t] - base_maps[t]) for t in tasks if t in b["map"]},
+        "map_delta_per_task": {t: 100.0 * (b["map"][t] - base_maps[t]) for t in delta_tasks if t in b["map"]},
+        "map_drop_tasks": delta_tasks,
         "vs_reference": {
             "size_ratio": ref["size_bytes"] / b["size_bytes"],
             "latency_ratio_b1": ref["latency_b1_ms"] / b["latency_b1_ms"],

@@ -62,6 +62,11 @@ def test_benchmark_compares_best_admitted_variant_with_the_teacher():
     assert out["latency_ratio_b8"] == pytest.approx(3.0)
     assert out["max_map_drop"] == pytest.approx(2.3) and out["map_drop_baseline"] == "teacher"
     assert out["vs_reference"]["max_map_drop"] == pytest.approx(0.5)
+    assert out["map_drop_tasks"] == ["signs", "vehicles"]
+    # A teacher without a head for a task added later (head-only) is compared on the tasks it has.
+    partial = compress_benchmark(cat, teacher, {"signs": 0.52})
+    assert partial["map_drop_baseline"] == "teacher" and partial["map_drop_tasks"] == ["signs"]
+    assert set(partial["map_delta_per_task"]) == {"signs"}
     no_teacher = compress_benchmark(cat, None, None)
     assert no_teacher["baseline"] == "reference" and no_teacher["size_ratio"] == pytest.approx(4 / 3)
 
