@@ -8,6 +8,7 @@ on constructed numbers.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -107,29 +108,59 @@ def best_admitted(catalogue: dict) -> str:
     return min(cands, key=lambda n: (rows[n]["latency_b1_ms"], rows[n]["size_bytes"]))
 
 
-def teacher_footprint(teacher_cfg, input_size: int, check: np.ndarray, repeats: int = 30) -> dict:
-    """Size and latency of the teacher architecture exported to ONNX (weights do not change either)."""
+def side_by_side_latency(paths: Mapping[str, Path], check: np.ndarray, repeats: int = 30,
+                         rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Median b1/b8 latency (ms) of several ONNX trunks measured interleaved in one process.
+
+    Each of ``rounds`` rounds runs every model at batch 1 and 8 (``repeats // rounds`` timed runs
+    each), so drift on a noisy machine hits all models alike. ``check``: ``(N, 3, S, S)`` uint8.
+    """
+    from transfer.onnx_export import session
+
+    sessions = {name: session(path, threads=2) for name, path in paths.items()}
+    batches = {b: np.repeat(check[:1], b, 0) for b in (1, 8)}
+    times: dict[str, dict[int, list[float]]] = {n: {1: [], 8: []} for n in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for b, images in batches.items():
+                sess.run(None, {"images": images})  # warm-up
+                for _ in range(max(1, repeats // rounds)):
+                    t0 = time.perf_counter()
+                    sess.run(None, {"images": images})
+                    times[name][b].append((time.perf_counter() - t0) * 1000)
+    return {n: {f"b{b}": float(np.median(v)) for b, v in t.items()} for n, t in times.items()}
+
+
+def teacher_footprint(teacher_cfg, input_size: int, check: np.ndarray, repeats: int = 30,
+                      compare: Mapping[str, Path] | None = None) -> dict:
+    """Size and latency of the teacher architecture exported to ONNX (weights do not change either).
+
+    ``compare`` (name -> ONNX path, e.g. the best variant and the reference) is timed interleaved
+    with the teacher (:func:`side_by_side_latency`); their figures come back under ``side_by_side``.
+    """
     from shared.trunk import Trunk
-    from transfer.onnx_export import export_trunk, session
-    from transfer.publish import measure_latency
+    from transfer.onnx_export import export_trunk
 
     with tempfile.TemporaryDirectory(prefix="polyhead-teacher-") as tmp:
         path = Path(tmp) / "teacher.onnx"
         trunk = Trunk(teacher_cfg).eval()
         export_trunk(trunk, path, input_size)
-        sess = session(path, threads=2)
+        lat = side_by_side_latency({"teacher": path, **(compare or {})}, check, repeats)
         return {"size_bytes": path.stat().st_size, "params": sum(p.numel() for p in trunk.parameters()),
-                "latency_b1_ms": measure_latency(sess, np.repeat(check[:1], 1, 0), repeats),
-                "latency_b8_ms": measure_latency(sess, np.repeat(check[:1], 8, 0), repeats)}
+                "latency_b1_ms": lat["teacher"]["b1"], "latency_b8_ms": lat["teacher"]["b8"],
+                "side_by_side": {n: v for n, v in lat.items() if n != "teacher"}}
 
 
-def compress_benchmark(catalogue: dict, teacher: dict | None, teacher_maps: Mapping[str, float] | None) -> dict:
+def compress_benchmark(
+    catalogue: dict, teacher: dict | None, teacher_maps: Mapping[str, float] | None, best: str | None = None,
+) -> dict:
     """Best admitted variant vs the teacher (ratios teacher / variant: larger is better).
 
     Args:
         catalogue: From :func:`build_catalogue`.
         teacher: Teacher footprint (:func:`teacher_footprint`); ``None`` compares with the reference.
         teacher_maps: The teacher's own mAP per task, if a trained teacher exists.
+        best: The variant to compare (default: :func:`best_admitted`).
 
     Returns:
         ``size_ratio``, ``latency_ratio_b1``, ``latency_ratio_b8``, ``max_map_drop`` (points, worst task,
@@ -137,7 +168,7 @@ def compress_benchmark(catalogue: dict, teacher: dict | None, teacher_maps: Mapp
         task; ``map_drop_tasks`` says which) and the same against the reference.
     """
     rows, ref_name = catalogue["variants"], catalogue["reference"]
-    best = best_admitted(catalogue)
+    best = best or best_admitted(catalogue)
     b, ref = rows[best], rows[ref_name]
     base = teacher or ref
     tasks = catalogue["tasks"]

@@ -289,11 +289,12 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str
     The teacher's size and latency come from its architecture (``cfg.teacher``, default ``teacher``)
     exported at the same input size; its mAP from ``checkpoints/<teacher>.pt`` when one was trained.
     ``reports`` maps result keys (``distillation``, ``add_task``) to JSON files written by
-    ``bench/distill.py`` and ``bench/add_task.py``, included as they are.
+    ``bench/distill.py`` and ``bench/add_task.py``, included as they are. The best admitted variant and
+    the reference are timed again, interleaved with the teacher, so the ratios come from one run.
     """
     included = {key: read_json(path) for key, path in (reports or {}).items()}  # fail before the slow part
     from shared.trunk import trunk_config
-    from transfer.catalogue import compress_benchmark, load_catalogue, teacher_footprint
+    from transfer.catalogue import best_admitted, compress_benchmark, load_catalogue, teacher_footprint
     from transfer.evaluate import coco_map
     from transfer.pipeline import post_config
     from transfer.predict import detect_split, torch_detector
@@ -308,8 +309,12 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str
     first = next(iter(vals.values()))
     check = load_images([first.images_dir / im.file_name for im in list(first.images.values())[:1]], input_size)
     teacher_name = cfg.teacher or "teacher"
-    teacher = teacher_footprint(trunk_config(teacher_name), input_size, check.numpy(), repeats)
+    best = best_admitted(catalogue)
+    compare = {n: ws.variant(n) / "model.onnx" for n in dict.fromkeys((best, REFERENCE))}
+    teacher = teacher_footprint(trunk_config(teacher_name), input_size, check.numpy(), repeats, compare)
     teacher["trunk"] = teacher_name
+    for name, lat in teacher["side_by_side"].items():  # the variants' latency from this same run
+        catalogue["variants"][name] |= {"latency_b1_ms": lat["b1"], "latency_b8_ms": lat["b8"]}
     teacher_maps = None
     ckpt = ws.checkpoints / f"{teacher_name}.pt"
     if ckpt.exists():
@@ -317,4 +322,4 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str
         teacher_maps = {t: coco_map(v, detect_split(v, input_size, torch_detector(model, t, post_config(cfg))))["map"]
                         for t, v in vals.items() if t in model.heads}
     teacher["map"] = teacher_maps
-    return compress_benchmark(catalogue, teacher, teacher_maps) | included
+    return compress_benchmark(catalogue, teacher, teacher_maps, best) | included

@@ -107,3 +107,22 @@ def test_interrupted_compress_leaves_no_partial_variant_and_resumes(workspace, m
     report = run_compress(ws.root, progress=False, settings=SETTINGS)
     assert report.built == ["fp16"]  # the rest was up to date (same parent sha256 and settings)
     assert set(json.loads((ws.variant("fp16") / "variant.json").read_text())["map"]) == {"signs", "vehicles"}
+
+
+def test_bench_compress_times_teacher_and_variants_in_one_run_and_folds_in_reports(workspace, tmp_path):
+    from shared.errors import ArtifactError
+    from transfer.compress import run_compress_bench
+
+    ws, report = workspace
+    distill = tmp_path / "distill.json"
+    distill.write_text(json.dumps({"map_gain_points": {"signs": 1.0}}))
+    out = run_compress_bench(ws.root, repeats=3, reports={"distillation": distill})
+    assert out["baseline"] == "teacher" and out["distillation"] == {"map_gain_points": {"signs": 1.0}}
+    timed = out["teacher"]["side_by_side"]
+    assert out["best_variant"] in timed and "reference" in timed  # re-timed next to the teacher
+    assert out["best"]["latency_b1_ms"] == timed[out["best_variant"]]["b1"]
+    assert out["latency_ratio_b1"] == pytest.approx(out["teacher"]["latency_b1_ms"] / timed[out["best_variant"]]["b1"])
+    assert out["teacher"]["params"] > 5e6 and out["size_ratio"] > 1  # the teacher architecture is the big one
+    assert out["teacher"]["map"] is None and out["map_drop_baseline"] == "reference"  # no trained teacher here
+    with pytest.raises(ArtifactError, match="missing.json"):
+        run_compress_bench(ws.root, repeats=3, reports={"add_task": tmp_path / "missing.json"})
