@@ -31,8 +31,8 @@ def _cmd_add_task(args: argparse.Namespace) -> int:
     for variant, m in report.maps.items():
         print(f"{variant:16s} {m['map']:7.3f} {m['map50']:7.3f}")
     if report.hot_added:
-        print(f"loaded head_{report.task}, detect_{report.task} and reloaded detect at {args.server} "
-              f"in {s['hot_add']:.1f} s (no restart)")
+        print(f"hot-loaded task {report.task!r} at {args.server} in {s['hot_add']:.1f} s "
+              "(no restart, no trunk reload)")
     return 0
 
 
@@ -40,7 +40,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from serving.repository import build_repository
 
     summary = build_repository(Path(args.workdir), backend=args.backend, dynamic_batching=args.dynamic_batching,
-                               tensorrt=args.tensorrt, max_batch_size=args.max_batch_size)
+                               tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
+                               heads_layout=args.heads_layout.replace("-", "_"))
     versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
     print(f"wrote {summary.path} ({summary.options.backend} backend, input {summary.input_size}): "
           f"trunk versions {versions}; tasks {', '.join(summary.tasks)}")
@@ -113,6 +114,9 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     e.add_argument("--dynamic-batching", action="store_true", help="enable the dynamic batcher (pays on GPUs)")
     e.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator (onnxruntime backend only)")
     e.add_argument("--max-batch-size", type=int, default=8, help="largest batch per execution (default: %(default)s)")
+    e.add_argument("--heads-layout", choices=("per-task", "shared"), default="per-task",
+                   help="per-task: one head_<task> model each; shared: one `heads` model hosting every head "
+                        "(python backend: one process whatever the number of tasks) (default: %(default)s)")
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("serve", help="run the embedded Triton server on the workspace's repository")

@@ -1,7 +1,7 @@
 """gRPC client SDK: ``Detector`` (sync) and ``AsyncDetector`` (asyncio) over ``tritonclient.grpc``.
 
 Everything the client needs comes from the server: input size from the ``trunk`` config, class
-names from each ``head_<task>`` config's ``classes`` parameter, served tasks from the ready
+names from each ``detect_<task>`` config's ``classes`` parameter, served tasks from the ready
 ``detect_<task>`` models of the repository index (or, where the index is restricted to the
 model-control key, of the inference statistics, which list the loaded models).
 
@@ -108,7 +108,7 @@ class _Base:
     def _config_names(self, plans: list[core.ModelPlan]) -> list[str]:
         """Configs needed before inferring ``plans`` (not cached yet)."""
         names = ["trunk"] if self._input_size is None else []
-        names += [p.model for p in plans] + [f"head_{t}" for p in plans for t in p.tasks]
+        names += [p.model for p in plans] + [f"detect_{t}" for p in plans for t in p.tasks]
         return [n for n in dict.fromkeys(names) if n not in self._configs]
 
     def _size(self) -> int:
@@ -124,7 +124,7 @@ class _Base:
         self, results: list[dict], plan: core.ModelPlan, start: int, outputs: dict, infos: list
     ) -> None:
         for task in plan.tasks:
-            names = core.class_names(self._configs[f"head_{task}"], f"head_{task}")
+            names = core.class_names(self._configs[f"detect_{task}"], f"detect_{task}")
             for i, dets in enumerate(core.decode(outputs, plan, task, infos, names)):
                 results[start + i][task] = dets
 

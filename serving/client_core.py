@@ -197,7 +197,7 @@ def decode(
 
 
 def class_names(config: object, model: str) -> tuple[str, ...]:
-    """Class names from a ``head_<task>`` ModelConfig's ``classes`` JSON parameter."""
+    """Class names from a ``detect_<task>`` ModelConfig's ``classes`` JSON parameter."""
     try:
         return tuple(json.loads(config.parameters["classes"].string_value))
     except (KeyError, ValueError) as err:

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from serving.admin import ModelControl
-from serving.repository import add_task_to_repository, precompile_backend
+from serving.model_configs import HEADS_MODEL
+from serving.repository import add_task_to_repository, hot_add_models, live_heads_version, read_options
 from shared.errors import ArtifactError, ConfigError, ServingError
 
 SERVER_ADDRESS = re.compile(r"[^\s:/]+:\d{1,5}")
@@ -61,24 +62,27 @@ class TritonHotAdd:
             )
 
     def add(self, repo: Path, workdir: Path, name: str) -> None:
-        """Write ``head_<name>``/``detect_<name>`` into ``repo``, load them and reload ``detect``.
+        """Write ``name``'s head and ``detect_<name>`` into ``repo``, load them and reload ``detect``.
 
-        The server never restarts and the trunk is not reloaded. If a load fails, what was loaded
-        is unloaded and the repository files are restored.
+        Per-task layout: loads ``head_<name>``; shared layout: reloads ``heads`` (a new version
+        holding every head). The server never restarts and the trunk is not reloaded. If a load
+        fails, what was loaded is unloaded (or reloaded from the restored files) and the
+        repository files are restored.
 
         Raises:
             ServingError: A load failed (after the repository was restored).
         """
-        saved = {p: p.read_bytes() for p in (repo / "detect" / "config.pbtxt", repo / "build.json") if p.is_file()}
-        added, loaded = (f"head_{name}", f"detect_{name}"), []
+        shared = read_options(repo).heads_layout == "shared"
+        kept = (repo / "detect" / "config.pbtxt", repo / "build.json", repo / HEADS_MODEL / "config.pbtxt")
+        saved = {p: p.read_bytes() for p in kept if p.is_file()}
+        new_leaf = repo / HEADS_MODEL / str(live_heads_version(repo) + 1) if shared else repo / f"head_{name}"
+        added, loaded = (new_leaf, repo / f"detect_{name}"), []
         with ModelControl(self.server, self.key, self.timeout_s) as control:
             try:
-                add_task_to_repository(repo, workdir, name)
-                precompile_backend(repo / added[0])
-                for model in added:
+                summary = add_task_to_repository(repo, workdir, name)
+                for model in hot_add_models(summary.options, name):
                     control.load(model)
                     loaded.append(model)
-                control.load("detect")
             except BaseException as exc:
                 _undo(control, repo, added, loaded, saved)
                 if isinstance(exc, ServingError):
@@ -90,23 +94,30 @@ class TritonHotAdd:
 
 
 def _undo(
-    control: ModelControl, repo: Path, added: tuple[str, ...], loaded: list[str], saved: dict[Path, bytes]
+    control: ModelControl, repo: Path, added: tuple[Path, ...], loaded: list[str], saved: dict[Path, bytes]
 ) -> None:
-    """Unload ``loaded``, remove the ``added`` directories, restore ``saved`` files, reload ``detect``."""
-    for model in reversed(loaded):
-        try:
-            control.unload(model)
-        except ServingError:
-            pass
-    for model in added:
-        if (repo / model).exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{model}-undo-", dir=repo.parent))
-            os.rename(repo / model, trash / model)
+    """Put ``repo`` and the server back: remove ``added``, restore ``saved``, unload or reload ``loaded``.
+
+    Models that served before the hot add (``heads``, ``detect``) are reloaded from the restored
+    files; the new task's models are unloaded.
+    """
+    for path in added:
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}-undo-", dir=repo.parent))
+            os.rename(path, trash / path.name)
             shutil.rmtree(trash, ignore_errors=True)
     for path, data in saved.items():
         tmp = path.with_name(f".{path.name}.restore")
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    for model in reversed(loaded):
+        try:
+            if model in (HEADS_MODEL, "detect"):
+                control.load(model)
+            else:
+                control.unload(model)
+        except ServingError:
+            pass
     try:
         control.load("detect")  # back to the restored fan-out
     except ServingError:

@@ -23,14 +23,17 @@ METRICS_PATH = "/metrics"
 #: Directory of the generated Triton repository inside ``--workdir`` (``Workspace.repository``).
 REPOSITORY_DIRNAME = "model_repository"
 
-#: Model names of the repository (``serving.repository``): one trunk, one head and one
-#: single-task ensemble per task, and the fan-out ensemble over every task.
+#: Model names of the repository (``serving.repository``): one trunk, one head (or one shared
+#: ``heads`` model) and one single-task ensemble per task, and the fan-out ensemble over every task.
 TRUNK_MODEL = "trunk"
 FANOUT_MODEL = "detect"
 HEAD_MODEL = "head_{task}"
 TASK_MODEL = "detect_{task}"
 TASK_NAME_PATTERN = r"[a-z0-9][a-z0-9_]{0,62}"  # serving.artifacts._TASK_NAME
-MODEL_NAME_RE = re.compile(rf"^(?:{TRUNK_MODEL}|{FANOUT_MODEL}|head_{TASK_NAME_PATTERN}|detect_{TASK_NAME_PATTERN})$")
+SHARED_HEADS_MODEL = "heads"
+MODEL_NAME_RE = re.compile(
+    rf"^(?:{TRUNK_MODEL}|{FANOUT_MODEL}|{SHARED_HEADS_MODEL}|head_{TASK_NAME_PATTERN}|detect_{TASK_NAME_PATTERN})$"
+)
 
 #: Header carrying the model-control key when Triton restricts the ``model-repository`` protocol
 #: (``--grpc-restricted-protocol`` / ``--http-restricted-api``), and the environment variable

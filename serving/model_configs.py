@@ -5,6 +5,11 @@
 trunk -> head; ``detect``: ensemble with one trunk step feeding every head, outputs
 ``<task>_num_dets`` ... (each head needs its own ensemble output names). Dims exclude the batch
 axis (``max_batch_size`` > 0).
+
+With ``heads_layout="shared"`` the per-task ``head_<task>`` models are replaced by one ``heads``
+model (``p3,p4,p5`` -> ``<task>_num_dets``, ... for every task) whose python backend runs only the
+heads a request asks for: the ensembles map the outputs of their tasks, so ``detect_<task>`` runs
+one head and ``detect`` all of them, in one backend process whatever the number of tasks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from serving.artifacts import FEATURE_STRIDES, HeadArtifact
 from shared.errors import ArtifactError, ConfigError
 
 HEAD_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
+HEADS_MODEL = "heads"  # the one model hosting every head (shared layout)
 _BACKENDS = ("python", "onnxruntime")
+HEADS_LAYOUTS = ("per_task", "shared")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,10 @@ class RepositoryOptions:
         head_threads: onnxruntime intra-op threads per head instance.
         tensorrt: onnxruntime backend only: add the TensorRT execution accelerator.
         tensorrt_precision: ``"FP16"`` or ``"FP32"`` for the TensorRT accelerator.
+        heads_layout: ``"per_task"`` (one ``head_<task>`` model per task: hot-adding loads only the
+            new head) or ``"shared"`` (python backend only: one ``heads`` model hosting every head,
+            one backend process whatever the number of tasks; hot-adding reloads ``heads``, never
+            the trunk). See ``docs/benchmarks.md`` for what each costs.
     """
 
     backend: str = "python"
@@ -56,6 +67,7 @@ class RepositoryOptions:
     head_threads: int = 1
     tensorrt: bool = False
     tensorrt_precision: str = "FP16"
+    heads_layout: str = "per_task"
 
     def __post_init__(self) -> None:
         if self.backend not in _BACKENDS:
@@ -72,6 +84,13 @@ class RepositoryOptions:
         if self.tensorrt and self.backend != "onnxruntime":
             raise ConfigError(
                 "tensorrt=True needs backend='onnxruntime' (the python backend runs CPU onnxruntime)"
+            )
+        if self.heads_layout not in HEADS_LAYOUTS:
+            raise ConfigError(f"heads_layout must be one of {HEADS_LAYOUTS}, got {self.heads_layout!r}")
+        if self.heads_layout == "shared" and self.backend != "python":
+            raise ConfigError(
+                "heads_layout='shared' needs backend='python' (the native onnxruntime backend has no "
+                "per-model process to share; keep one head_<task> model per task there)"
             )
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision must be FP16 or FP32, got {self.tensorrt_precision!r}")
@@ -167,19 +186,56 @@ def head_config(head: HeadArtifact, channels: dict[str, int], opts: RepositoryOp
     for name, (dtype, dims) in head_output_dims(head.max_dets).items():
         _tensor(cfg.output, name, dtype, dims)
     cfg.version_policy.latest.num_versions = 1
+    set_task_parameters(cfg, head)
+    cfg.parameters["sha256"].string_value = head.sha256
+    return cfg
+
+
+def heads_config(heads: list[HeadArtifact], channels: dict[str, int], opts: RepositoryOptions) -> mc.ModelConfig:
+    """Config of ``heads`` (shared layout): ``p3,p4,p5`` -> ``<task>_<output>`` for every head.
+
+    The ``heads`` parameter (JSON task -> sha256) tells the python backend which ``<task>.onnx``
+    files to load and what each must hash to; the latest version is live.
+
+    Raises:
+        ArtifactError: If ``heads`` is empty.
+    """
+    if not heads:
+        raise ArtifactError("the shared 'heads' model needs at least one head; add a task first")
+    cfg = _leaf(HEADS_MODEL, opts, opts.head_instances, opts.head_threads)
+    for name, dims in feature_dims(heads[0].input_size, channels).items():
+        _tensor(cfg.input, name, mc.TYPE_FP32, dims)
+    for head in sorted(heads, key=lambda h: h.task):
+        for name, (dtype, dims) in head_output_dims(head.max_dets).items():
+            _tensor(cfg.output, f"{head.task}_{name}", dtype, dims)
+    cfg.version_policy.latest.num_versions = 1
+    cfg.parameters["heads"].string_value = json.dumps({h.task: h.sha256 for h in sorted(heads, key=lambda h: h.task)})
+    cfg.parameters["input_size"].string_value = str(heads[0].input_size)
+    return cfg
+
+
+def set_task_parameters(cfg: mc.ModelConfig, head: HeadArtifact) -> None:
+    """Record ``head``'s task metadata as string parameters of ``cfg``.
+
+    ``task``, ``classes`` (JSON), ``category_ids`` (JSON), ``max_dets`` and ``input_size``, on a
+    ``head_<task>`` or ``detect_<task>`` config (clients read class names from the latter).
+    """
     cfg.parameters["task"].string_value = head.task
     cfg.parameters["classes"].string_value = json.dumps(list(head.classes))
     cfg.parameters["category_ids"].string_value = json.dumps(list(head.category_ids))
     cfg.parameters["max_dets"].string_value = str(head.max_dets)
     cfg.parameters["input_size"].string_value = str(head.input_size)
-    cfg.parameters["sha256"].string_value = head.sha256
-    return cfg
 
 
 def ensemble_config(
-    name: str, input_size: int, heads: dict[str, int], max_batch_size: int, prefix_outputs: bool
+    name: str,
+    input_size: int,
+    heads: dict[str, int],
+    max_batch_size: int,
+    prefix_outputs: bool,
+    shared_heads: bool = False,
 ) -> mc.ModelConfig:
-    """Ensemble ``images -> trunk -> head_<task>`` for every task in ``heads`` (task -> max_dets).
+    """Ensemble ``images -> trunk -> head(s)`` for every task in ``heads`` (task -> max_dets).
 
     Args:
         name: Model name (``detect_<task>`` or ``detect``).
@@ -187,6 +243,8 @@ def ensemble_config(
         heads: Task name -> K of that head.
         max_batch_size: As the composing models.
         prefix_outputs: Name outputs ``<task>_<output>`` (fan-out) instead of ``<output>``.
+        shared_heads: One step into the ``heads`` model mapping only these tasks' outputs (shared
+            layout) instead of one step per ``head_<task>``.
     """
     if not heads:
         raise ArtifactError(f"ensemble '{name}' needs at least one head; add a task first")
@@ -197,14 +255,16 @@ def ensemble_config(
     trunk.input_map["images"] = "images"
     for feat in FEATURE_STRIDES:
         trunk.output_map[feat] = f"_{feat}"
+    step = None
     for task, max_dets in sorted(heads.items()):
-        step = cfg.ensemble_scheduling.step.add()
-        step.model_name, step.model_version = f"head_{task}", -1
-        for feat in FEATURE_STRIDES:
-            step.input_map[feat] = f"_{feat}"
+        if step is None or not shared_heads:
+            step = cfg.ensemble_scheduling.step.add()
+            step.model_name, step.model_version = HEADS_MODEL if shared_heads else f"head_{task}", -1
+            for feat in FEATURE_STRIDES:
+                step.input_map[feat] = f"_{feat}"
         for out, (dtype, dims) in head_output_dims(max_dets).items():
             ens_name = f"{task}_{out}" if prefix_outputs else out
-            step.output_map[out] = ens_name
+            step.output_map[f"{task}_{out}" if shared_heads else out] = ens_name
             _tensor(cfg.output, ens_name, dtype, dims)
     cfg.parameters["tasks"].string_value = json.dumps(sorted(heads))
     return cfg

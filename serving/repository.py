@@ -11,6 +11,11 @@ Layout::
       detect_<task>/config.pbtxt, detect_<task>/1/     # ensemble trunk -> head_<task>
       detect/config.pbtxt, detect/1/                   # ensemble trunk -> every head (fan-out)
 
+With ``heads_layout="shared"`` (python backend) the ``head_<task>`` models are replaced by one
+``heads/<v>/<task>.onnx ... + model.py`` model hosting every head; a hot-add writes version
+``v + 1`` holding every head and the live version moves to it when ``heads`` is reloaded.
+Every ``detect_<task>`` config carries its task's metadata (``classes``, ``max_dets``, ...).
+
 Every write is atomic: whole builds go to a sibling temp directory swapped in by rename; model
 directories added to a live repository are renamed into place; configs are replaced by rename.
 ONNX files are verified against the sha256 in their metadata before they are linked in.
@@ -78,6 +83,7 @@ def build_repository(
     head_threads: int = 1,
     tensorrt: bool = False,
     live_variant: str | None = None,
+    heads_layout: str = "per_task",
 ) -> RepositorySummary:
     """Build the whole repository from ``WORK/trunk`` and ``WORK/heads`` and swap it into place.
 
@@ -99,6 +105,7 @@ def build_repository(
         head_threads: onnxruntime intra-op threads per head instance.
         tensorrt: Add the TensorRT accelerator (onnxruntime backend only).
         live_variant: Pin this variant live (``version_policy specific``) instead of the latest.
+        heads_layout: ``"per_task"`` or ``"shared"`` (see :class:`RepositoryOptions`).
 
     Returns:
         The :class:`RepositorySummary`.
@@ -119,6 +126,7 @@ def build_repository(
         trunk_threads=trunk_threads,
         head_threads=head_threads,
         tensorrt=tensorrt,
+        heads_layout=heads_layout,
     )
     workdir = Path(workdir)
     out = Path(out) if out is not None else workdir / "model_repository"
@@ -146,8 +154,12 @@ def build_repository(
         mcfg.write_config(
             mcfg.trunk_config(input_size, channels, versions, opts, live, sha256=shas), tmp / "trunk/config.pbtxt"
         )
+        if opts.heads_layout == "shared":
+            _write_shared_heads(tmp / mcfg.HEADS_MODEL, 1, heads, channels, opts, {})
         for head in heads:
-            _write_head(tmp, head, channels, opts)
+            if opts.heads_layout == "per_task":
+                _write_head(tmp, head, channels, opts)
+            _write_task_ensemble(tmp, head, opts)
         _write_fanout(tmp, {h.task: h.max_dets for h in heads}, input_size, opts)
         _write_json(tmp / "versions.json", {"trunk": {str(v): n for v, n in versions.items()}})
         tasks = tuple(h.task for h in heads)
@@ -159,10 +171,12 @@ def build_repository(
 
 
 def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySummary:
-    """Add (or replace) ``head_<task>`` and ``detect_<task>`` and regenerate ``detect``, atomically.
+    """Add (or replace) ``task``'s head and ``detect_<task>`` and regenerate ``detect``, atomically.
 
     Safe while the server runs in explicit model-control mode: nothing is loaded until the caller
-    asks, e.g. ``server.load("head_x"); server.load("detect_x"); server.load("detect")``.
+    loads :func:`hot_add_models` in order, e.g. ``head_x``, ``detect_x``, ``detect`` (per-task
+    layout) or ``heads``, ``detect_x``, ``detect`` (shared layout: a new ``heads`` version holding
+    every head, the previous version's files copied, the new one verified).
 
     Args:
         repo: An existing repository made by :func:`build_repository`.
@@ -178,28 +192,88 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
     """
     repo = Path(repo)
     build = _read_build(repo)
-    opts = mcfg.RepositoryOptions(
-        **{**build["options"], "preferred_batch_sizes": tuple(build["options"]["preferred_batch_sizes"])}
-    )
+    opts = _options(build)
     input_size, channels = int(build["input_size"]), {k: int(v) for k, v in build["channels"].items()}
     head = read_head(workdir, task)
     check_head(head, input_size, channels)
+    served: dict[str, HeadArtifact] = {}
+    if opts.heads_layout == "shared":
+        served = {h.task: h for h in _served_heads(repo)}
+        heads_dir = repo / mcfg.HEADS_MODEL
+        previous = live_heads_version(repo)
+        _write_shared_heads(heads_dir, previous + 1, [*(h for t, h in served.items() if t != task), head],
+                            channels, opts, {h.task: h.onnx for h in served.values() if h.task != task})
+        for old in heads_dir.iterdir():  # keep the previous version only (restored on a failed load)
+            if old.is_dir() and old.name.isdigit() and int(old.name) < previous:
+                shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}-add-", dir=repo.parent))
     try:
-        _write_head(tmp, head, channels, opts)
-        for name in (f"head_{task}", f"detect_{task}"):
-            _swap_dir(tmp / name, repo / name)
+        if opts.heads_layout == "per_task":
+            _write_head(tmp, head, channels, opts)
+        _write_task_ensemble(tmp, head, opts)
+        for name in hot_add_models(opts, task)[:-1]:
+            if (tmp / name).exists():
+                _swap_dir(tmp / name, repo / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    heads = {}
-    for cfg_path in sorted(repo.glob("head_*/config.pbtxt")):
-        cfg = mcfg.read_config(cfg_path)
-        heads[cfg.parameters["task"].string_value] = int(cfg.parameters["max_dets"].string_value)
+    if opts.heads_layout == "shared":
+        heads = {t: h.max_dets for t, h in served.items()} | {task: head.max_dets}
+    else:
+        heads = {}
+        for cfg_path in sorted(repo.glob("head_*/config.pbtxt")):
+            cfg = mcfg.read_config(cfg_path)
+            heads[cfg.parameters["task"].string_value] = int(cfg.parameters["max_dets"].string_value)
     _write_fanout(repo, heads, input_size, opts)
     tasks = tuple(sorted(heads))
     _write_build(repo, opts, input_size, channels, tasks)
     versions = {int(v): n for v, n in json.loads((repo / "versions.json").read_text())["trunk"].items()}
     return _summary(repo, versions, tasks, input_size, opts)
+
+
+def hot_add_models(opts: mcfg.RepositoryOptions, task: str) -> tuple[str, ...]:
+    """The models to load, in order, after :func:`add_task_to_repository` wrote ``task``."""
+    first = mcfg.HEADS_MODEL if opts.heads_layout == "shared" else f"head_{task}"
+    return (first, f"detect_{task}", "detect")
+
+
+def read_options(repo: Path) -> mcfg.RepositoryOptions:
+    """The :class:`RepositoryOptions` a repository was built with (from ``build.json``).
+
+    Raises:
+        ArtifactError: If ``repo`` is not a polyhead repository.
+    """
+    return _options(_read_build(Path(repo)))
+
+
+def live_heads_version(repo: Path) -> int:
+    """Highest version directory of the shared ``heads`` model (the live one; 0 if none)."""
+    root = Path(repo) / mcfg.HEADS_MODEL
+    return max((int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()), default=0)
+
+
+def _options(build: dict) -> mcfg.RepositoryOptions:
+    return mcfg.RepositoryOptions(
+        **{**build["options"], "preferred_batch_sizes": tuple(build["options"]["preferred_batch_sizes"])}
+    )
+
+
+def _served_heads(repo: Path) -> list[HeadArtifact]:
+    """The heads a shared-layout repository serves.
+
+    Files are the live ``heads`` version's; metadata comes from the ``detect_<task>`` configs.
+    """
+    cfg = mcfg.read_config(repo / mcfg.HEADS_MODEL / "config.pbtxt")
+    version_dir = repo / mcfg.HEADS_MODEL / str(live_heads_version(repo))
+    heads = []
+    for task, sha in json.loads(cfg.parameters["heads"].string_value).items():
+        p = mcfg.read_config(repo / f"detect_{task}" / "config.pbtxt").parameters
+        heads.append(HeadArtifact(
+            task=task, onnx=version_dir / f"{task}.onnx", classes=tuple(json.loads(p["classes"].string_value)),
+            category_ids=tuple(json.loads(p["category_ids"].string_value)),
+            input_size=int(p["input_size"].string_value), max_dets=int(p["max_dets"].string_value),
+            sha256=sha, meta={},
+        ))
+    return heads
 
 
 def set_live_trunk_version(repo: Path, version: int | None) -> None:
@@ -272,17 +346,52 @@ def precompile_backend(model_dir: Path) -> None:
 def _write_head(
     root: Path, head: HeadArtifact, channels: dict[str, int], opts: mcfg.RepositoryOptions
 ) -> None:
-    """Write ``head_<task>`` and ``detect_<task>`` under ``root``."""
+    """Write ``head_<task>`` (per-task layout) under ``root``."""
     verify_sha256(head.onnx, head.sha256, f"re-export the head with `polyhead export --task {head.task}`")
     _place_leaf(head.onnx, root / f"head_{head.task}" / "1", opts)
     mcfg.write_config(mcfg.head_config(head, channels, opts), root / f"head_{head.task}" / "config.pbtxt")
+
+
+def _write_shared_heads(
+    model_dir: Path,
+    version: int,
+    heads: list[HeadArtifact],
+    channels: dict[str, int],
+    opts: mcfg.RepositoryOptions,
+    served_files: dict[str, Path],
+) -> None:
+    """Write version ``version`` of the shared ``heads`` model (every head) and its config.
+
+    The version directory is written beside and renamed into place before the config names it.
+    ``served_files`` (task -> file of the previous version) are copied as they are served;
+    the other heads come from the workspace, verified against their sha256.
+    """
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+    try:
+        for head in heads:
+            source = served_files.get(head.task, head.onnx)
+            verify_sha256(source, head.sha256, f"re-export the head with `polyhead export --task {head.task}`")
+            shutil.copy2(source, tmp / f"{head.task}.onnx")
+        shutil.copy2(BACKEND_MODEL_PY, tmp / "model.py")
+        precompile_backend(tmp)
+        _swap_dir(tmp, model_dir / str(version))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    mcfg.write_config(mcfg.heads_config(heads, channels, opts), model_dir / "config.pbtxt")
+
+
+def _write_task_ensemble(root: Path, head: HeadArtifact, opts: mcfg.RepositoryOptions) -> None:
+    """Write ``detect_<task>`` (trunk -> this task's head) with the task's metadata parameters."""
     ens = mcfg.ensemble_config(
         f"detect_{head.task}",
         head.input_size,
         {head.task: head.max_dets},
         opts.max_batch_size,
         prefix_outputs=False,
+        shared_heads=opts.heads_layout == "shared",
     )
+    mcfg.set_task_parameters(ens, head)
     (root / f"detect_{head.task}" / "1").mkdir(parents=True, exist_ok=True)
     mcfg.write_config(ens, root / f"detect_{head.task}" / "config.pbtxt")
 
@@ -290,7 +399,10 @@ def _write_head(
 def _write_fanout(root: Path, heads: dict[str, int], input_size: int, opts: mcfg.RepositoryOptions) -> None:
     """Write the fan-out ensemble ``detect`` (config replaced atomically)."""
     (root / "detect" / "1").mkdir(parents=True, exist_ok=True)
-    cfg = mcfg.ensemble_config("detect", input_size, heads, opts.max_batch_size, prefix_outputs=True)
+    cfg = mcfg.ensemble_config(
+        "detect", input_size, heads, opts.max_batch_size, prefix_outputs=True,
+        shared_heads=opts.heads_layout == "shared",
+    )
     mcfg.write_config(cfg, root / "detect" / "config.pbtxt")
 
 
@@ -336,7 +448,8 @@ def _summary(
     path: Path, versions: dict[int, str], tasks: tuple[str, ...], size: int, opts: mcfg.RepositoryOptions
 ) -> RepositorySummary:
     tasks = tuple(sorted(tasks))
-    models = ("trunk", *(f"head_{t}" for t in tasks), *(f"detect_{t}" for t in tasks), "detect")
+    leaves = (mcfg.HEADS_MODEL,) if opts.heads_layout == "shared" else tuple(f"head_{t}" for t in tasks)
+    models = ("trunk", *leaves, *(f"detect_{t}" for t in tasks), "detect")
     return RepositorySummary(
         path=path, trunk_versions=versions, tasks=tasks, models=models, input_size=size, options=opts
     )

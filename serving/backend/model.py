@@ -1,14 +1,22 @@
 """The one Triton python-backend model polyhead uses for every leaf (trunk versions and heads).
 
-The repository builder copies this file next to ``model.onnx`` in each version directory. It runs
-the ONNX file with onnxruntime on CPU, maps inputs and outputs by name from the model config,
-computes only the outputs a request asks for, runs all requests of one ``execute`` call as one
-batch (grouped by per-item shape) and answers failures with a ``TritonError`` response instead of
-raising, so the stub process never dies on a bad request.
+The repository builder copies this file next to the ONNX files in each version directory. It runs
+them with onnxruntime on CPU, maps inputs and outputs by name from the model config, computes only
+the outputs a request asks for, runs all requests of one ``execute`` call as one batch (grouped by
+per-item shape) and answers failures with a ``TritonError`` response instead of raising, so the
+stub process never dies on a bad request.
+
+Two shapes of leaf:
+
+- one graph (``trunk``, ``head_<task>``): ``model.onnx``, config outputs named as in the graph;
+- a heads host (``heads``, the shared heads layout): the config parameter ``heads`` is JSON
+  ``{"<task>": "<sha256>"}``; ``<task>.onnx`` is loaded per task and served as outputs
+  ``<task>_<output>``. Only the tasks whose outputs a request names are run, so an ensemble step
+  that maps one task's outputs runs one head, and the fan-out runs them all, in one process.
 
 Config parameters read (all optional): ``intra_op_num_threads`` (default 1); ``sha256`` (a head's
-file) or ``sha256_by_version`` (JSON ``{"<version>": sha256}``, the trunk's versions): when one
-names this version, ``initialize`` hashes ``model.onnx`` and refuses to load a file that changed
+file) or ``sha256_by_version`` (JSON ``{"<version>": sha256}``, the trunk's versions) or the
+per-task sha256 of ``heads``: ``initialize`` hashes each file it loads and refuses one that changed
 after the repository was built.
 """
 
@@ -27,7 +35,7 @@ class TritonPythonModel:
     """onnxruntime-backed leaf model (see module docstring)."""
 
     def initialize(self, args: dict) -> None:
-        """Load ``model.onnx`` from this version directory and check it matches the config.
+        """Load this version's ONNX file(s) and check they match the config.
 
         Args:
             args: Triton's initialisation arguments (``model_config`` JSON, names, version).
@@ -38,26 +46,30 @@ class TritonPythonModel:
         if not (version_dir / "model.onnx").is_file():
             version_dir = Path(__file__).resolve().parent
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        _verify_sha256(version_dir / "model.onnx", params, args["model_name"], str(args["model_version"]))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        model, version = args["model_name"], str(args["model_version"])
+        # parts: (session, served output name -> graph output name)
+        self.parts: list[tuple[ort.InferenceSession, dict[str, str]]] = []
+        for path, expected, prefix in _graph_files(version_dir, params, version):
+            _verify_sha256(path, expected, model, version)
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.parts.append((session, {f"{prefix}{o.name}": o.name for o in session.get_outputs()}))
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.input_names = [i["name"] for i in config["input"]]
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
         }
-        onnx_inputs = {i.name for i in self.session.get_inputs()}
-        onnx_outputs = {o.name for o in self.session.get_outputs()}
-        missing = (set(self.input_names) - onnx_inputs) | (set(self.output_dtypes) - onnx_outputs)
+        served = {name for _, names in self.parts for name in names}
+        missing = set(self.output_dtypes) - served
+        for session, _ in self.parts:
+            missing |= set(self.input_names) - {i.name for i in session.get_inputs()}
         if missing:
             raise pb_utils.TritonModelException(
-                f"{self.name}: config names {sorted(missing)} are not in model.onnx "
-                f"(inputs {sorted(onnx_inputs)}, outputs {sorted(onnx_outputs)}); rebuild the repository"
+                f"{self.name}: config names {sorted(missing)} that the ONNX files in {version_dir} do not "
+                f"provide (outputs {sorted(served)}); rebuild the repository"
             )
 
     def execute(self, requests: list) -> list:
@@ -103,7 +115,11 @@ class TritonPythonModel:
                     wanted.append(name)
         try:
             feeds = {n: np.concatenate([f[n] for _, f in members]) for n in self.input_names}
-            outputs = dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
+            outputs = {}
+            for session, names in self.parts:
+                asked = [n for n in wanted if n in names]
+                if asked:
+                    outputs.update(zip(asked, session.run([names[n] for n in asked], feeds), strict=True))
         except Exception as err:  # noqa: BLE001 (every failure becomes a response, never a crash)
             for idx, _ in members:
                 responses[idx] = _error(f"{self.name}: onnxruntime failed: {err}")
@@ -120,8 +136,25 @@ class TritonPythonModel:
             start += size
 
     def finalize(self) -> None:
-        """Release the onnxruntime session."""
-        self.session = None
+        """Release the onnxruntime sessions."""
+        self.parts = []
+
+
+def _graph_files(version_dir: Path, params: dict[str, str], version: str) -> list[tuple[Path, str | None, str]]:
+    """``(path, expected sha256 or None, served output prefix)`` of every ONNX file to load.
+
+    Raises:
+        pb_utils.TritonModelException: If the ``heads`` parameter is not a JSON object.
+    """
+    if not params.get("heads"):
+        return [(version_dir / "model.onnx", expected_sha256(params, version), "")]
+    try:
+        heads = json.loads(params["heads"])
+    except json.JSONDecodeError as err:
+        raise pb_utils.TritonModelException(f"parameter heads is not JSON ({err})") from None
+    if not isinstance(heads, dict) or not heads:
+        raise pb_utils.TritonModelException("parameter heads must map task -> sha256 (at least one task)")
+    return [(version_dir / f"{task}.onnx", sha or None, f"{task}_") for task, sha in sorted(heads.items())]
 
 
 def expected_sha256(params: dict[str, str], version: str) -> str | None:
@@ -145,16 +178,15 @@ def expected_sha256(params: dict[str, str], version: str) -> str | None:
     return by_version.get(version) or None
 
 
-def _verify_sha256(path: Path, params: dict[str, str], model: str, version: str) -> None:
-    """Raise ``TritonModelException`` if ``path``'s sha256 differs from the one in the config.
+def _verify_sha256(path: Path, expected: str | None, model: str, version: str) -> None:
+    """Raise ``TritonModelException`` if ``path``'s sha256 differs from ``expected``.
 
     Args:
-        path: The version's ``model.onnx``.
-        params: The config's string parameters (``sha256`` or ``sha256_by_version``).
+        path: An ONNX file of this version.
+        expected: The sha256 the config records for it (``None``: none recorded).
         model: Model name, for the message.
         version: Version being loaded.
     """
-    expected = expected_sha256(params, version)
     if not path.is_file():
         return  # onnxruntime's error names the missing file
     if expected is None:
@@ -168,8 +200,10 @@ def _verify_sha256(path: Path, params: dict[str, str], model: str, version: str)
             digest.update(chunk)
     actual = digest.hexdigest()
     if actual != expected:
-        what = f"head '{model[5:]}' (`polyhead add-task` or `polyhead train`)" if model.startswith("head_") else (
-            "trunk variant (`polyhead train` or `polyhead compress`)")
+        what = "trunk variant (`polyhead train` or `polyhead compress`)"
+        if model.startswith("head_") or model == "heads":
+            head = model[5:] if model.startswith("head_") else path.stem
+            what = f"head '{head}' (`polyhead add-task` or `polyhead train`)"
         raise pb_utils.TritonModelException(
             f"model '{model}' version {version}: {path} has sha256 {actual[:16]}..., but its config.pbtxt "
             f"records {expected[:16]}...: the file changed after the repository was built, refusing to load it; "

@@ -1,0 +1,132 @@
+"""The shared heads layout: one ``heads`` model hosts every head (one backend process for any N)."""
+
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+
+from serving import model_configs as mcfg
+from serving.client import Detector
+from serving.client_core import prepare_batch
+from serving.hot_add import TritonHotAdd
+from serving.process import group_processes
+from serving.repository import add_task_to_repository, build_repository, live_heads_version
+from serving.server import EmbeddedTriton, free_port
+from shared.errors import ConfigError
+
+OUTS = ("num_dets", "boxes", "scores", "classes")
+
+
+def ort_reference(work, variant: str, task: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+    cpu = ["CPUExecutionProvider"]
+    trunk = ort.InferenceSession(str(work / "trunk" / variant / "model.onnx"), providers=cpu)
+    head = ort.InferenceSession(str(work / "heads" / task / "model.onnx"), providers=cpu)
+    p3, p4, p5 = trunk.run(["p3", "p4", "p5"], {"images": batch})
+    return dict(zip(OUTS, head.run(list(OUTS), {"p3": p3, "p4": p4, "p5": p5}), strict=True))
+
+
+def assert_same(got: dict, ref: dict) -> None:
+    np.testing.assert_array_equal(got["num_dets"], ref["num_dets"])
+    np.testing.assert_array_equal(got["classes"], ref["classes"])
+    np.testing.assert_allclose(got["boxes"], ref["boxes"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["scores"], ref["scores"], rtol=1e-5, atol=1e-5)
+
+
+def infer(url: str, model: str, batch: np.ndarray) -> grpcclient.InferResult:
+    inp = grpcclient.InferInput("images", list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch)
+    return grpcclient.InferenceServerClient(url).infer(model, [inp])
+
+
+def test_shared_layout_has_one_heads_model_and_ensembles_map_only_their_task(workspace, fakes):
+    summary = build_repository(workspace, heads_layout="shared")
+    repo = summary.path
+    assert "heads" in summary.models and not any(m.startswith("head_") for m in summary.models)
+    assert not list(repo.glob("head_*"))
+    heads = mcfg.read_config(repo / "heads" / "config.pbtxt")
+    assert {o.name for o in heads.output} == {f"{t}_{o}" for t in fakes.TASKS for o in OUTS}
+    assert sorted(p.name for p in (repo / "heads" / "1").glob("*.onnx")) == sorted(f"{t}.onnx" for t in fakes.TASKS)
+    one = mcfg.read_config(repo / "detect_cars" / "config.pbtxt")
+    assert [s.model_name for s in one.ensemble_scheduling.step] == ["trunk", "heads"]
+    assert dict(one.ensemble_scheduling.step[1].output_map) == {f"cars_{o}": o for o in OUTS}
+    assert one.parameters["classes"].string_value == '["car", "truck"]'
+    fan = mcfg.read_config(repo / "detect" / "config.pbtxt")
+    assert [s.model_name for s in fan.ensemble_scheduling.step] == ["trunk", "heads"]
+    assert set(fan.ensemble_scheduling.step[1].output_map) == {f"{t}_{o}" for t in fakes.TASKS for o in OUTS}
+
+
+def test_shared_layout_needs_the_python_backend(workspace):
+    with pytest.raises(ConfigError, match="heads_layout='shared' needs backend='python'"):
+        build_repository(workspace, backend="onnxruntime", heads_layout="shared")
+    with pytest.raises(ConfigError, match="heads_layout must be one of"):
+        build_repository(workspace, heads_layout="fused")
+
+
+def test_add_task_writes_a_new_heads_version_and_keeps_only_the_previous(workspace, fakes):
+    repo = build_repository(workspace, heads_layout="shared").path
+    for i, task in enumerate(("boats", "planes")):
+        fakes.export_head(workspace, task, ["a", "b"], seed=50 + i)
+        summary = add_task_to_repository(repo, workspace, task)
+        assert task in summary.tasks and live_heads_version(repo) == i + 2
+    assert sorted(int(p.name) for p in (repo / "heads").iterdir() if p.name.isdigit()) == [2, 3]
+    outs = {o.name for o in mcfg.read_config(repo / "heads" / "config.pbtxt").output}
+    assert {f"planes_{o}" for o in OUTS} <= outs and {f"cars_{o}" for o in OUTS} <= outs
+    assert (repo / "heads" / "3" / "boats.onnx").read_bytes() == (workspace / "heads/boats/model.onnx").read_bytes()
+
+
+@pytest.mark.triton
+def test_shared_heads_serve_every_task_in_two_backend_processes_and_hot_add_without_failures(tmp_path, fakes):
+    work = fakes.make_workspace(tmp_path / "w")
+    repo = build_repository(work, max_batch_size=4, heads_layout="shared").path
+    images = fakes.random_images(3, seed=3)
+    batch, _ = prepare_batch(images, fakes.SIZE)
+    with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+        # tritonserver + one stub for the trunk + one for every head, whatever the number of tasks
+        assert len(group_processes(server._proc.pid)) == 3
+        for task in fakes.TASKS:
+            got = infer(server.url, f"detect_{task}", batch)
+            assert_same({n: got.as_numpy(n) for n in OUTS}, ort_reference(work, "small", task, batch))
+        fan = infer(server.url, "detect", batch)
+        for task in fakes.TASKS:
+            assert_same({n: fan.as_numpy(f"{task}_{n}") for n in OUTS}, ort_reference(work, "small", task, batch))
+
+        stop, done, failures = threading.Event(), [0], []
+
+        def traffic() -> None:
+            with Detector(server.url) as det:
+                while not stop.is_set():
+                    try:
+                        det.detect(images, "cars" if done[0] % 2 else None)
+                        done[0] += 1
+                    except Exception as err:  # noqa: BLE001
+                        failures.append(repr(err))
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            time.sleep(0.3)
+            task, classes = fakes.EXTRA_TASK
+            fakes.export_head(work, task, classes, seed=42)
+            live = TritonHotAdd(server.url)
+            live.check(repo, task)
+            live.add(repo, work, task)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            thread.join()
+        assert failures == [] and done[0] > 5
+        assert server.log_path.read_text().count("successfully loaded 'trunk'") == 1  # never reloaded
+        deadline = time.monotonic() + 15  # the old heads version's stub exits after the swap
+        while len(group_processes(server._proc.pid)) > 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(group_processes(server._proc.pid)) == 3  # still one heads process
+        with Detector(server.url) as det:
+            assert task in det.tasks(refresh=True)
+            [result] = det.detect(images[:1])
+            assert set(result.detections) == {*fakes.TASKS, task}
+            assert all(d.class_name in classes for d in result.detections[task])
+        fan = infer(server.url, "detect", batch)
+        assert_same({n: fan.as_numpy(f"{task}_{n}") for n in OUTS}, ort_reference(work, "small", task, batch))
