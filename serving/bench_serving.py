@@ -2,7 +2,10 @@
 
 Both sides run on the same embedded Triton build, python backend, same ONNX weights:
 
-- shared: the fan-out ensemble ``detect`` (one trunk pass feeding N heads);
+- shared: the fan-out ensemble ``detect`` (one trunk pass feeding N heads) with the repository's
+  heads layout ``heads_layout`` (default ``"shared"``: one ``heads`` model, two backend processes
+  for any N); the other layout (``"per_task"``: one ``head_<task>`` process per task) is measured
+  beside it as ``per_task_*`` / ``other_layout``;
 - independent: N models ``full_<i>``, each one ONNX graph trunk+head (its own trunk), all N
   requested concurrently for every image (the best case for independent detectors: no ensemble);
 - fused (a third design, for the memory question): one model whose single ONNX graph runs the
@@ -49,7 +52,8 @@ def _memory_mib(pid: int) -> dict[str, float]:
     ``ps`` would; PSS splits them, so it adds up to the real footprint.
     """
     totals = {"Rss:": 0, "Pss:": 0}
-    for p in group_processes(pid):
+    pids = group_processes(pid)
+    for p in pids:
         try:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 key = line.split(maxsplit=1)[0] if line else ""
@@ -57,7 +61,7 @@ def _memory_mib(pid: int) -> dict[str, float]:
                     totals[key] += int(line.split()[1])
         except OSError:
             continue
-    return {"rss_mib": totals["Rss:"] / 1024, "pss_mib": totals["Pss:"] / 1024}
+    return {"rss_mib": totals["Rss:"] / 1024, "pss_mib": totals["Pss:"] / 1024, "processes": len(pids)}
 
 
 def _input(image: np.ndarray) -> grpcclient.InferInput:
@@ -172,11 +176,16 @@ def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int,
     return result
 
 
-def _row(n: int, shared: dict, independent: dict, fused: dict, ort_lat: dict) -> dict:
-    """One result row: the issue's flat keys plus the three sides in full."""
+def _row(n: int, shared: dict, independent: dict, fused: dict, ort_lat: dict, other: dict) -> dict:
+    """One result row: the issue's flat keys plus the four sides in full."""
     triton_lat = shared.pop("latency")
     return {
         "tasks": n,
+        "other_layout_images_per_s": other["img_per_s"],
+        "other_layout_rss_mb": other["rss_mib"],
+        "other_layout_pss_mb": other["pss_mib"],
+        "other_layout_speedup": other["img_per_s"] / max(independent["img_per_s"], 1e-9),
+        "other_layout_rss_fraction": other["rss_mib"] / max(independent["rss_mib"], 1e-9),
         "shared_images_per_s": shared["img_per_s"],
         "independent_images_per_s": independent["img_per_s"],
         "speedup": shared["img_per_s"] / max(independent["img_per_s"], 1e-9),
@@ -202,10 +211,17 @@ def _row(n: int, shared: dict, independent: dict, fused: dict, ort_lat: dict) ->
         "shared": shared,
         "independent": independent,
         "fused": fused,
+        "other_layout": other,
     }
 
 
-def _batching_gain(src: Workspace, variant: str, image: np.ndarray, concurrency: int, seconds: float) -> dict:
+def _other(layout: str) -> str:
+    return "per_task" if layout == "shared" else "shared"
+
+
+def _batching_gain(
+    src: Workspace, variant: str, image: np.ndarray, concurrency: int, seconds: float, heads_layout: str
+) -> dict:
     """``detect`` images/s with the dynamic batcher on vs off, the workspace's own task count."""
     n = len(src.tasks())
     with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
@@ -213,7 +229,7 @@ def _batching_gain(src: Workspace, variant: str, image: np.ndarray, concurrency:
         replicate_workspace(src, ws_dir, n, variant)
         sides = {}
         for on in (False, True):
-            repo = build_repository(ws_dir, Path(tmp) / f"repo-{on}", dynamic_batching=on)
+            repo = build_repository(ws_dir, Path(tmp) / f"repo-{on}", dynamic_batching=on, heads_layout=heads_layout)
             sides[on] = _measure(repo.path, ["detect"], image, concurrency, seconds)
     off, on = sides[False], sides[True]
     return {"tasks": n, "concurrency": concurrency,
@@ -241,7 +257,7 @@ def _targets(rows: list[dict], latency: dict) -> list[dict]:
 
 def run_serving_bench(
     workdir: str | Path, tasks: list[int], variant: str = "reference", concurrency: int = 4, seconds: float = 10.0,
-    progress: Callable[[dict], None] | None = None, batching_concurrency: int = 8,
+    progress: Callable[[dict], None] | None = None, batching_concurrency: int = 8, heads_layout: str = "shared",
 ) -> dict:
     """Side-by-side throughput, latency and memory for each N in ``tasks``.
 
@@ -253,6 +269,8 @@ def run_serving_bench(
         seconds: Measurement time per side and N (latencies get a quarter of it, >= 1 s).
         progress: Called with each row when it is done.
         batching_concurrency: Clients for the dynamic batching comparison (0 skips it).
+        heads_layout: Heads layout of the shared side (``"shared"`` or ``"per_task"``); the other
+            layout is measured too (``other_layout_*`` keys).
 
     Returns:
         ``{"rows": [{"tasks": N, "shared_images_per_s": ..., ...}], "triton_p50_ms": ...,
@@ -269,15 +287,17 @@ def run_serving_bench(
             ws_dir = Path(tmp) / "ws"
             names = replicate_workspace(src, ws_dir, n, variant)
             ort_lat = _ort_latency(Workspace.at(ws_dir), names, variant, image, latency_s)
-            repo = build_repository(ws_dir)
+            repo = build_repository(ws_dir, heads_layout=heads_layout)
             shared = _measure(repo.path, ["detect"], image, concurrency, seconds, latency_s)
+            alt_repo = build_repository(ws_dir, Path(tmp) / "other-layout", heads_layout=_other(heads_layout))
+            other = _measure(alt_repo.path, ["detect"], image, concurrency, seconds)
             ind_repo = Path(tmp) / "independent"
             models = independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)
             independent = _measure(ind_repo, models, image, concurrency, seconds)
             fused_repo = Path(tmp) / "fused"
             fused = _measure(fused_repo, fused_repository(Workspace.at(ws_dir), fused_repo, names, variant),
                              image, concurrency, seconds)
-        rows.append(_row(n, shared, independent, fused, ort_lat))
+        rows.append(_row(n, shared, independent, fused, ort_lat, other))
         if progress:
             progress(rows[-1])
     own = len(src.tasks())
@@ -288,10 +308,11 @@ def run_serving_bench(
                            "in-process onnxruntime sessions of the same ONNX files, same thread settings"}
     result = {"rows": rows, "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
               "latency": latency, "variant": variant, "concurrency": concurrency, "seconds": seconds,
+              "heads_layout": heads_layout, "other_layout": _other(heads_layout),
               "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx"), "workspace_tasks": own,
               "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
     if batching_concurrency > 0:
-        result["dynamic_batching"] = _batching_gain(src, variant, image, batching_concurrency, seconds)
+        result["dynamic_batching"] = _batching_gain(src, variant, image, batching_concurrency, seconds, heads_layout)
         result["dynamic_batching_gain"] = result["dynamic_batching"]["gain"]
     result["targets"] = _targets(rows, latency)
     return result
@@ -301,19 +322,21 @@ def format_table(result: dict) -> str:
     """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
     lines = ["| N tasks | shared img/s | independent img/s | speed-up | shared p50 / p95 ms | independent p95 ms "
              "| RSS shared / independent MiB | PSS shared / independent MiB | Triton / ort p50 ms "
-             "| fused img/s, RSS / PSS MiB | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| other layout img/s, RSS / PSS MiB | fused img/s, RSS / PSS MiB | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        errors = r["shared"]["errors"] + r["independent"]["errors"] + r["fused"]["errors"]
+        errors = sum(r[side]["errors"] for side in ("shared", "independent", "fused", "other_layout"))
         lines.append(
             f"| {r['tasks']} | {r['shared_images_per_s']:.1f} | {r['independent_images_per_s']:.1f} | "
             f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
             f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "
             f"({r['rss_fraction']:.0%}) | {r['shared_pss_mb']:.0f} / {r['independent_pss_mb']:.0f} "
             f"({r['pss_fraction']:.0%}) | {r['triton_p50_ms']:.2f} / {r['ort_p50_ms']:.2f} | "
+            f"{r['other_layout_images_per_s']:.1f}, {r['other_layout_rss_mb']:.0f} / {r['other_layout_pss_mb']:.0f} | "
             f"{r['fused_images_per_s']:.1f}, {r['fused_rss_mb']:.0f} / {r['fused_pss_mb']:.0f} | {errors} |")
     lat = result["latency"]
-    lines += ["", f"Latency, N={lat['tasks']}: Triton `detect` p50 {lat['triton_p50_ms']:.2f} ms vs in-process "
+    lines += ["", f"Shared side: heads layout `{result['heads_layout']}`; other layout: `{result['other_layout']}`.",
+              f"Latency, N={lat['tasks']}: Triton `detect` p50 {lat['triton_p50_ms']:.2f} ms vs in-process "
               f"onnxruntime p50 {lat['ort_p50_ms']:.2f} ms = {lat['ratio']:.2f}x"]
     if "dynamic_batching" in result:
         b = result["dynamic_batching"]

@@ -13,13 +13,17 @@ def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_p
     result = run_serving_bench(workspace, [1, 2], variant="ref", concurrency=2, seconds=1.0)
     assert [r["tasks"] for r in result["rows"]] == [1, 2]
     for row in result["rows"]:
-        for side in ("shared", "independent", "fused"):
+        for side in ("shared", "independent", "fused", "other_layout"):
             assert row[side]["errors"] == 0
             assert row[side]["img_per_s"] > 0 and row[side]["pss_mib"] > 0
         assert all(row[k] > 0 for k in ROW_KEYS), {k: row.get(k) for k in ROW_KEYS}
         assert row["fused_images_per_s"] > 0 and row["fused_rss_mb"] > 0
         assert row["shared_p95_ms"] >= row["shared_p50_ms"]
         assert row["shared_rss_mb"] >= row["shared_pss_mb"]  # RSS counts shared pages in every process
+        # tritonserver + trunk + one `heads` process for any N; the per-task layout adds one per head
+        assert row["shared"]["processes"] == 3
+        assert row["other_layout"]["processes"] == 2 + row["tasks"]
+        assert row["independent"]["processes"] == 1 + row["tasks"] and row["fused"]["processes"] == 2
     # Two independent detectors cost more processes than one trunk + two heads... per image they also run two trunks.
     two = result["rows"][1]
     assert two["independent"]["pss_mib"] > 0 and two["memory_ratio"] > 0
@@ -33,5 +37,6 @@ def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_p
     assert result["targets"][-1]["latency_target"] == 1.5
     table = format_table(result)
     assert "| 2 |" in table and "Dynamic batching" in table and "onnxruntime" in table
+    assert result["heads_layout"] == "shared" and "heads layout `shared`" in table
     write_json(result, tmp_path / "bench.json")
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["tasks"] == 1
