@@ -130,3 +130,34 @@ def test_shared_heads_serve_every_task_in_two_backend_processes_and_hot_add_with
             assert all(d.class_name in classes for d in result.detections[task])
         fan = infer(server.url, "detect", batch)
         assert_same({n: fan.as_numpy(f"{task}_{n}") for n in OUTS}, ort_reference(work, "small", task, batch))
+
+
+def _snapshot(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.triton
+def test_failed_hot_add_of_a_shared_head_restores_the_repository_and_keeps_serving(tmp_path, fakes, monkeypatch):
+    import serving.hot_add as hot_add
+
+    work = fakes.make_workspace(tmp_path / "w")
+    repo = build_repository(work, max_batch_size=4, heads_layout="shared").path
+    images = fakes.random_images(2, seed=4)
+    real_add = hot_add.add_task_to_repository
+
+    def add_broken_head(repo_, work_, task):  # the new head reaches the repository corrupted: its load fails
+        summary = real_add(repo_, work_, task)
+        (repo_ / "heads" / str(live_heads_version(repo_)) / f"{task}.onnx").write_bytes(b"not an onnx model")
+        return summary
+
+    monkeypatch.setattr(hot_add, "add_task_to_repository", add_broken_head)
+    with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+        task, classes = fakes.EXTRA_TASK
+        fakes.export_head(work, task, classes, seed=42)
+        before = _snapshot(repo)
+        with pytest.raises(Exception, match="restored"):
+            TritonHotAdd(server.url).add(repo, work, task)
+        assert _snapshot(repo) == before
+        with Detector(server.url) as det:
+            assert det.tasks(refresh=True) == sorted(fakes.TASKS)
+            assert set(det.detect(images)[0].detections) == set(fakes.TASKS)
