@@ -55,12 +55,13 @@ def main() -> int:
 
     import torch
 
+    from heads.export import OUTPUT_NAMES, ExportableHead
     from heads.head import DetectionHead, HeadConfig
     from heads.postprocess import PostprocessConfig
     from shared.artifacts import read_json
     from shared.contract import default_contract
     from shared.workspace import Workspace
-    from transfer.onnx_export import export_head
+    from transfer.onnx_export import _export_bytes, export_head
 
     ws = Workspace.at(args.workdir)
     size = int(read_json(ws.variant("reference") / "variant.json")["input_size"])
@@ -72,7 +73,7 @@ def main() -> int:
     rows = []
     task = ws.tasks()[0]
     trained = _session(ws.head(task) / "model.onnx", args.threads)
-    rows.append((f"trained `{task}` (w96 d2)", None, _median_ms(lambda: trained.run(None, feats))))
+    rows.append((f"trained `{task}` (w96 d2), as exported in W", None, _median_ms(lambda: trained.run(None, feats))))
     specs = default_contract(feats["p3"].shape[1])
     with tempfile.TemporaryDirectory() as tmp:
         for width, depth in ((96, 2), (64, 1), (48, 1), (32, 1)):
@@ -86,6 +87,14 @@ def main() -> int:
             sess = _session(path, args.threads)
             params = sum(q.numel() for q in head.parameters())
             rows.append((f"fresh w{width} d{depth}", params, _median_ms(lambda s=sess: s.run(None, feats))))
+            if (width, depth) == (96, 2):  # the export before fixed-size grids: every shape computed in-graph
+                dyn = Path(tmp) / "dynamic.onnx"
+                exportable = ExportableHead(head, PostprocessConfig(0.05, 0.6, 100)).eval()
+                dummy = tuple(torch.from_numpy(feats[n]) for n in ("p3", "p4", "p5"))
+                dyn.write_bytes(_export_bytes(exportable, dummy, ["p3", "p4", "p5"], list(OUTPUT_NAMES)))
+                sess = _session(dyn, args.threads)
+                rows.append(("fresh w96 d2, shapes computed in the graph", params,
+                             _median_ms(lambda s=sess: s.run(None, feats))))
     print(f"trunk (reference, {size} px, {args.threads} thread(s)): {t_ms:.2f} ms")
     print("| head | params | H ms | H/T | predicted N=4 | predicted N=8 |")
     print("|---|---|---|---|---|---|")

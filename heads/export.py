@@ -41,23 +41,40 @@ class ExportableHead(nn.Module):
         classes: ``(B, K)`` int64 class index (``-1`` where padded).
     """
 
-    def __init__(self, head: DetectionHead, cfg: PostprocessConfig = PostprocessConfig()):
+    def __init__(
+        self, head: DetectionHead, cfg: PostprocessConfig = PostprocessConfig(), input_size: int | None = None
+    ):
+        """Wrap ``head`` for export.
+
+        Args:
+            head: The trained head.
+            cfg: Thresholds and K baked into the graph.
+            input_size: Fixed square input side the features come from (what the server feeds):
+                the level sizes, anchor count and grid points become constants of the graph.
+                ``None`` keeps every shape dynamic (features of any size).
+        """
         super().__init__()
         self.head, self.cfg = head, cfg
         self.names = [s.name for s in head.specs]
+        self.static_sizes = None
+        if input_size is not None:
+            self.static_sizes = [(-(-input_size // s.stride),) * 2 for s in head.specs]  # ceil, as the trunk
 
     def forward(self, *features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # noqa: D102
-        out = self.head(dict(zip(self.names, features)))
+        out = self.head(dict(zip(self.names, features)), self.static_sizes)
         boxes = decode_boxes(out)  # (B, A, 4)
         scores = out.logits.sigmoid().transpose(1, 2).contiguous()  # (B, C, A)
-        num_anchors = scores.shape[2]
+        if self.static_sizes is None:
+            num_classes, num_anchors = scores.shape[1], scores.shape[2]
+        else:  # Python ints: constants in the graph, no Shape/Gather nodes
+            num_classes, num_anchors = self.head.cfg.num_classes, sum(h * w for h, w in self.static_sizes)
         sel = _OnnxNMS.apply(boxes, scores, self.cfg.max_dets, self.cfg.iou_threshold, self.cfg.score_threshold)
         # Keep the selected scores, zero the rest: flat (batch, class, anchor) index, 1-D scatter.
-        flat_idx = (sel[:, 0] * scores.shape[1] + sel[:, 1]) * num_anchors + sel[:, 2]  # (M,)
+        flat_idx = (sel[:, 0] * num_classes + sel[:, 1]) * num_anchors + sel[:, 2]  # (M,)
         flat_scores = scores.reshape(-1)
         kept = torch.zeros_like(flat_scores).scatter(0, flat_idx, flat_scores.gather(0, flat_idx))
-        k = min(self.cfg.max_dets, scores.shape[1] * num_anchors)
-        top_scores, top = kept.reshape(scores.shape[0], -1).topk(k, dim=1)  # (B, K)
+        k = min(self.cfg.max_dets, num_classes * num_anchors)
+        top_scores, top = kept.reshape(-1, num_classes * num_anchors).topk(k, dim=1)  # (B, K)
         valid = top_scores > 0
         classes = torch.where(valid, top // num_anchors, torch.full_like(top, -1))
         anchor = top % num_anchors

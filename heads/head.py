@@ -81,13 +81,28 @@ class DetectionHead(nn.Module):
             nn.init.constant_(pred.bias[: cfg.num_classes], bias)
             nn.init.constant_(pred.bias[cfg.num_classes :], 0.0)
 
-    def forward(self, features: dict[str, Tensor]) -> HeadOutput:  # noqa: D102
+    def forward(
+        self, features: dict[str, Tensor], static_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> HeadOutput:
+        """Predict every level and concatenate.
+
+        Args:
+            features: ``{"p3": (B, C, H/8, W/8), ...}`` as the contract declares.
+            static_sizes: ``(H_l, W_l)`` of every level when the input size is fixed (the served
+                export): reshapes use these Python ints and the grid points become constants, so
+                the exported graph holds no shape arithmetic (~150 small nodes fewer, measured).
+        """
         logits, dists, sizes = [], [], []
         c = self.cfg.num_classes
-        for s in self.specs:
+        for i, s in enumerate(self.specs):
             y = self.preds[s.name](self.towers[s.name](features[s.name]))  # (B, C+4, H, W)
-            sizes.append((y.shape[2], y.shape[3]))
-            y = y.flatten(2).transpose(1, 2)  # (B, HW, C+4)
+            if static_sizes is None:
+                sizes.append((y.shape[2], y.shape[3]))
+                y = y.flatten(2).transpose(1, 2)  # (B, HW, C+4)
+            else:
+                h, w = static_sizes[i]
+                sizes.append((h, w))
+                y = y.reshape(-1, c + 4, h * w).transpose(1, 2)  # (B, HW, C+4)
             logits.append(y[..., :c])
             dists.append(F.softplus(y[..., c:]) * s.stride)
         points, strides = grid_points(sizes, [s.stride for s in self.specs], device=logits[0].device)

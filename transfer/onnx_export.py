@@ -105,7 +105,7 @@ def export_head(
         Number of images compared. Raises when detections differ.
     """
     specs: tuple[FeatureSpec, ...] = head.specs
-    exportable = ExportableHead(head, post).eval()
+    exportable = ExportableHead(head, post, input_size).eval()  # fixed size: constant grid
 
     def random_feats(b: int) -> dict[str, torch.Tensor]:
         side = {s.name: -(-input_size // s.stride) for s in specs}

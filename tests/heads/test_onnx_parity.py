@@ -66,3 +66,22 @@ def test_detection_agreement_counts_matching_detections():
     assert detection_agreement(out, other) == 0.5
     empty = [np.array([[0]]), boxes, np.zeros((1, 3), np.float32), np.full((1, 3), -1)]
     assert detection_agreement(empty, empty) == 1.0 and detection_agreement(out, empty) == 0.0
+
+
+def test_fixed_size_head_export_holds_no_shape_arithmetic(tmp_path, trunk_and_head):
+    import onnx
+
+    _, head = trunk_and_head
+    post = PostprocessConfig(score_threshold=0.3, iou_threshold=0.5, max_dets=20)
+    export_head(head, tmp_path / "head.onnx", 96, post)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "head.onnx")).graph.node]
+    assert "Range" not in ops  # grid points are constants
+    assert ops.count("Shape") <= 2, ops  # only the batch-sized zeros_like/full_like remain
+    assert ops.count("NonMaxSuppression") == 1
+    # the dynamic form (features of any size) still computes them from the input shapes
+    feats = {s.name: torch.randn(2, s.channels, 96 // s.stride, 96 // s.stride) for s in head.specs}
+    with torch.no_grad():
+        fixed = ExportableHead(head, post, input_size=96).eval()(*feats.values())
+        dynamic = ExportableHead(head, post).eval()(*feats.values())
+    for a, b in zip(fixed, dynamic, strict=True):
+        torch.testing.assert_close(a, b)
