@@ -8,7 +8,7 @@ One process, random weights (latency does not depend on them), random uint8 imag
 1. Trunk latency T of ``teacher``, ``student`` and ``student-pruned`` (the student with every expanded
    width cut by ``--prune-ratio``, 0.28 = two 15% rounds of ``polyhead compress``, rounded to 8 as
    transfer/prune.py does), per precision and batch.
-2. Head latency H of a ``DetectionHead`` (default width/depth, 3 classes) on the student contract: forward
+2. Head latency H of a ``DetectionHead`` (width 96, depth 2, 3 classes) on the student contract: forward
    alone, and forward + eager post-processing (decode + per-class NMS, heads/postprocess.py; class biases
    raised so NMS sees up to 1000 candidates, as in bench/head_cost.py).
 3. N tasks per image at ``--share-batches``: shared (trunk once + N heads, each with its post-processing)
@@ -85,7 +85,7 @@ def pruned_config(cfg: TrunkConfig, ratio: float) -> TrunkConfig:
 
 def make_head(trunk: Trunk, dtype: torch.dtype, device: torch.device) -> DetectionHead:
     """A 3-class head on ``trunk``'s contract, class/box biases +3 so NMS sees many candidates."""
-    head = DetectionHead(trunk.feature_specs, HeadConfig(num_classes=3)).eval()
+    head = DetectionHead(trunk.feature_specs, HeadConfig(num_classes=3, width=96, depth=2)).eval()
     with torch.no_grad():
         for pred in head.preds.values():
             pred.bias.add_(3.0)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from serving.client import Detector  # noqa: E402
-from serving.process import group_processes  # noqa: E402
+from serving.process import group_memory_mib  # noqa: E402
 from serving.repository import build_repository  # noqa: E402
 from serving.server import EmbeddedTriton, free_port  # noqa: E402
 
@@ -56,17 +56,8 @@ class SoakReport:
 
 
 def pss_mib(pgid: int) -> float:
-    """Summed PSS (MiB) of every live process in group ``pgid`` (``/proc/<pid>/smaps_rollup``)."""
-    total_kib = 0
-    for pid in group_processes(pgid):
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kib += int(line.split()[1])
-                    break
-        except OSError:
-            continue
-    return total_kib / 1024
+    """Summed PSS (MiB) of every live process in group ``pgid``."""
+    return group_memory_mib(pgid)["pss_mib"]
 
 
 def fake_workspace(root: Path) -> Path:

@@ -28,8 +28,8 @@ class HeadConfig:
     """
 
     num_classes: int
-    width: int = 96
-    depth: int = 2
+    width: int = 64
+    depth: int = 1
     prior_prob: float = 0.01
 
     def __post_init__(self):

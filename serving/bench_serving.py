@@ -34,8 +34,9 @@ from tritonclient import grpc as grpcclient
 
 from serving import model_configs as mcfg
 from serving.bench_repos import fused_repository, independent_repository, replicate_workspace
+from serving.process import group_memory_mib
 from serving.repository import build_repository
-from serving.server import EmbeddedTriton, free_port, group_processes
+from serving.server import EmbeddedTriton, free_port
 from shared.artifacts import read_json, sha256_file
 from shared.workspace import Workspace
 
@@ -43,25 +44,6 @@ from shared.workspace import Workspace
 TARGETS = {4: (3.0, 0.40), 8: (5.0, 0.30)}
 #: Issue target: Triton p50 at most this multiple of in-process onnxruntime p50.
 LATENCY_TARGET = 1.5
-
-
-def _memory_mib(pid: int) -> dict[str, float]:
-    """RSS and PSS (MiB) summed over the server and all its backend stub processes.
-
-    RSS counts pages shared between processes (libraries, onnxruntime) once per process, as
-    ``ps`` would; PSS splits them, so it adds up to the real footprint.
-    """
-    totals = {"Rss:": 0, "Pss:": 0}
-    pids = group_processes(pid)
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                key = line.split(maxsplit=1)[0] if line else ""
-                if key in totals:
-                    totals[key] += int(line.split()[1])
-        except OSError:
-            continue
-    return {"rss_mib": totals["Rss:"] / 1024, "pss_mib": totals["Pss:"] / 1024, "processes": len(pids)}
 
 
 def _input(image: np.ndarray) -> grpcclient.InferInput:
@@ -170,7 +152,7 @@ def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int,
     """Throughput and memory of ``repo`` (and ``detect``'s one-at-a-time latency if ``latency_s``)."""
     with _serve(repo) as server:
         result = _throughput(server.url, models, image, concurrency, seconds)
-        result.update(_memory_mib(server.pid))
+        result.update(group_memory_mib(server.pid))
         if latency_s > 0:
             result["latency"] = _triton_latency(server.url, image, latency_s)
     return result

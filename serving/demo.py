@@ -36,6 +36,7 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
     """Run every stage; returns a process exit code (0 when every request succeeded)."""
     from serving.client import Detector
     from serving.loadgen import measure
+    from serving.process import group_memory_mib
     from serving.repository import build_repository
     from serving.server import EmbeddedTriton, free_port
     from transfer.coco import load_coco
@@ -72,8 +73,8 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
     run_compress(ws.root, tolerance=DEMO_TOLERANCE, settings=settings, progress=True)
     _done(t)
 
-    t = _step("4/6 Triton repository + embedded Triton")
-    repo = build_repository(ws.root)
+    t = _step("4/6 Triton repository (one shared `heads` model) + embedded Triton")
+    repo = build_repository(ws.root, heads_layout="shared")  # two backend processes for any number of tasks
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
     failures = 0
     with EmbeddedTriton(repo.path, **ports) as server:
@@ -105,9 +106,12 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
             latency[NEW_TASK] = measure(det, images, NEW_TASK)
             latency["all tasks"] = measure(det, images, None)
         server_map[NEW_TASK] = evaluate_task(ws.root, NEW_TASK, vals[NEW_TASK], server=server.url)
+        memory = group_memory_mib(server.pid)
         _done(t)
     failures += sum(s.failures for s in latency.values())
     _summary(ws, latency, server_map)
+    print(f"\nserver memory: {memory['processes']} processes (tritonserver, trunk, every head in one `heads` "
+          f"model), RSS {memory['rss_mib']:.0f} MiB, PSS {memory['pss_mib']:.0f} MiB")
     print(f"\ndemo finished in {time.time() - start:.0f} s; failed requests: {failures}")
     return 0 if failures == 0 else 1
 

@@ -49,3 +49,26 @@ def group_processes(pgid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
             pids.append(int(stat.parent.name))
     return pids
+
+
+def group_memory_mib(pgid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) summed over every live process of group ``pgid``, and their count.
+
+    For the embedded server that is tritonserver plus all its backend stub processes. RSS counts
+    pages shared between processes (libraries, onnxruntime) once per process, as ``ps`` would;
+    PSS splits them, so it adds up to the real footprint.
+
+    Returns:
+        ``{"rss_mib": ..., "pss_mib": ..., "processes": n}``.
+    """
+    totals = {"Rss:": 0, "Pss:": 0}
+    pids = group_processes(pgid)
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key = line.split(maxsplit=1)[0] if line else ""
+                if key in totals:
+                    totals[key] += int(line.split()[1])
+        except OSError:
+            continue
+    return {"rss_mib": totals["Rss:"] / 1024, "pss_mib": totals["Pss:"] / 1024, "processes": len(pids)}
