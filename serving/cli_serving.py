@@ -55,8 +55,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     repo = Path(args.workdir) / "model_repository"
     if not (repo / "build.json").is_file():
-        print(f"no repository at {repo}; building it")
-        repo = build_repository(Path(args.workdir)).path
+        print(f"no repository at {repo}; building it ({args.heads_layout} heads)")
+        repo = build_repository(Path(args.workdir), heads_layout=args.heads_layout.replace("-", "_")).path
     server = EmbeddedTriton(repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
                             host=args.host)
     server.start()
@@ -125,6 +125,8 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--heads-layout", choices=("per-task", "shared"), default="per-task",
+                   help="layout when the repository must be built first (see `polyhead export`)")
     s.set_defaults(func=_cmd_serve)
 
     i = sub.add_parser("infer", help="detect objects in one image through a running server")
