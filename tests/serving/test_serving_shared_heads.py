@@ -1,6 +1,5 @@
 """The shared heads layout: one ``heads`` model hosts every head (one backend process for any N)."""
 
-import threading
 import time
 
 import numpy as np
@@ -12,6 +11,7 @@ from serving import model_configs as mcfg
 from serving.client import Detector
 from serving.client_core import prepare_batch
 from serving.hot_add import TritonHotAdd
+from serving.loadgen import BackgroundTraffic
 from serving.process import group_processes
 from serving.repository import add_task_to_repository, build_repository, live_heads_version
 from serving.server import EmbeddedTriton, free_port
@@ -93,31 +93,19 @@ def test_shared_heads_serve_every_task_in_two_backend_processes_and_hot_add_with
         for task in fakes.TASKS:
             assert_same({n: fan.as_numpy(f"{task}_{n}") for n in OUTS}, ort_reference(work, "small", task, batch))
 
-        stop, done, failures = threading.Event(), [0], []
-
-        def traffic() -> None:
-            with Detector(server.url) as det:
-                while not stop.is_set():
-                    try:
-                        det.detect(images, "cars" if done[0] % 2 else None)
-                        done[0] += 1
-                    except Exception as err:  # noqa: BLE001
-                        failures.append(repr(err))
-
-        thread = threading.Thread(target=traffic)
-        thread.start()
-        try:
+        task, classes = fakes.EXTRA_TASK
+        fakes.export_head(work, task, classes, seed=42)
+        with (
+            BackgroundTraffic(server.url, images, None, threads=1) as fanout,
+            BackgroundTraffic(server.url, images, "cars", threads=1) as one,
+        ):
             time.sleep(0.3)
-            task, classes = fakes.EXTRA_TASK
-            fakes.export_head(work, task, classes, seed=42)
             live = TritonHotAdd(server.url)
             live.check(repo, task)
             live.add(repo, work, task)
             time.sleep(0.3)
-        finally:
-            stop.set()
-            thread.join()
-        assert failures == [] and done[0] > 5
+        assert fanout.failed == one.failed == 0, fanout.errors + one.errors
+        assert fanout.ok > 2 and one.ok > 2
         assert server.log_path.read_text().count("successfully loaded 'trunk'") == 1  # never reloaded
         deadline = time.monotonic() + 15  # the old heads version's stub exits after the swap
         while len(group_processes(server._proc.pid)) > 3 and time.monotonic() < deadline:
