@@ -76,7 +76,7 @@ def main() -> int:
     rows.append((f"trained `{task}` (w96 d2), as exported in W", None, _median_ms(lambda: trained.run(None, feats))))
     specs = default_contract(feats["p3"].shape[1])
     with tempfile.TemporaryDirectory() as tmp:
-        for width, depth in ((96, 2), (64, 1), (48, 1), (32, 1)):
+        for width, depth in ((96, 2), (64, 2), (64, 1), (48, 1), (32, 1)):
             head = DetectionHead(specs, HeadConfig(num_classes=3, width=width, depth=depth)).eval()
             with torch.no_grad():
                 for m in head.modules():

@@ -214,7 +214,7 @@ def add_task(
             info = TaskInfo(inputs.train.class_names, tuple(c for c, _ in inputs.train.categories))
             torch.manual_seed(cfg.seed)
             head = DetectionHead(trunk.feature_specs, HeadConfig(len(info.classes), inputs.cfg.head.width,
-                                                                 inputs.cfg.head.depth))
+                                                                 inputs.cfg.head.transfer_depth))
             losses = train_head_on_cache(head, cache, cfg, progress=progress)
             seconds["train"] = time.perf_counter() - t
             num_views, cache_mb = len(cache), cache.nbytes / 2**20
