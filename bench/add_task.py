@@ -8,7 +8,8 @@ both contenders work on a copy under ``<workdir>-bench-add-task``. The new task 
 
 * head-only: ``polyhead add-task`` (frozen reference trunk, features cached once, head trained
   on the cache, exported and evaluated in ONNX on the reference variant);
-* full fine-tuning: the reference trunk + a fresh head of the same architecture trained end to end
+* full fine-tuning: the reference trunk + a fresh head (``head.depth``, the jointly trained heads'
+  depth; head-only uses ``head.transfer_depth``: each contender with its default) trained end to end
   on the same images with the trunk training loop (augmentation, AdamW, cosine), ``--epochs``
   epochs, evaluated in torch.
 
