@@ -8,7 +8,8 @@ One process, random weights (latency does not depend on them), random uint8 imag
 1. Trunk latency T of ``teacher``, ``student`` and ``student-pruned`` (the student with every expanded
    width cut by ``--prune-ratio``, 0.28 = two 15% rounds of ``polyhead compress``, rounded to 8 as
    transfer/prune.py does), per precision and batch.
-2. Head latency H of a ``DetectionHead`` (width 96, depth 2, 3 classes) on the student contract: forward
+2. Head latency H of a ``DetectionHead`` (``--head-width/--head-depth``, default 96/2, 3 classes) on the
+   student contract: forward
    alone, and forward + eager post-processing (decode + per-class NMS, heads/postprocess.py; class biases
    raised so NMS sees up to 1000 candidates, as in bench/head_cost.py).
 3. N tasks per image at ``--share-batches``: shared (trunk once + N heads, each with its post-processing)
@@ -83,9 +84,9 @@ def pruned_config(cfg: TrunkConfig, ratio: float) -> TrunkConfig:
     return TrunkConfig(cfg.backbone.with_hidden(cut), cfg.channels)
 
 
-def make_head(trunk: Trunk, dtype: torch.dtype, device: torch.device) -> DetectionHead:
+def make_head(trunk: Trunk, dtype: torch.dtype, device: torch.device, width: int, depth: int) -> DetectionHead:
     """A 3-class head on ``trunk``'s contract, class/box biases +3 so NMS sees many candidates."""
-    head = DetectionHead(trunk.feature_specs, HeadConfig(num_classes=3, width=96, depth=2)).eval()
+    head = DetectionHead(trunk.feature_specs, HeadConfig(num_classes=3, width=width, depth=depth)).eval()
     with torch.no_grad():
         for pred in head.preds.values():
             pred.bias.add_(3.0)
@@ -152,7 +153,7 @@ class Bench:
             "torch_threads": torch.get_num_threads(), "size": a.size, "batches": a.batches,
             "share_batches": a.share_batches, "tasks": a.tasks, "precisions": a.precisions, "runs": a.runs,
             "warmup": a.warmup, "max_seconds": a.max_seconds, "channels_last": True, "cudnn_benchmark": cuda,
-            "head": {"num_classes": 3, "width": HeadConfig(3).width, "depth": HeadConfig(3).depth},
+            "head": {"num_classes": 3, "width": a.head_width, "depth": a.head_depth},
             "postprocess": POST.__dict__, "prune_ratio": a.prune_ratio,
         }
 
@@ -173,7 +174,7 @@ class Bench:
         if prec not in self._pools:
             n, dtype = max(self.args.tasks), DTYPES[prec]
             trunk = Trunk(self.student)
-            head = make_head(trunk, dtype, self.device)
+            head = make_head(trunk, dtype, self.device, self.args.head_width, self.args.head_depth)
             trunk = AtPrecision(trunk, dtype, self.device)
             self._pools[prec] = ([trunk] + [copy.deepcopy(trunk) for _ in range(n - 1)],
                                  [head] + [copy.deepcopy(head) for _ in range(n - 1)])
@@ -441,6 +442,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--max-seconds", type=float, default=1.0, help="cap of warm-up and of runs per measurement")
     p.add_argument("--prune-ratio", type=float, default=0.28, help="hidden widths cut of student-pruned")
+    p.add_argument("--head-width", type=int, default=96, help="head tower width (default: %(default)s)")
+    p.add_argument("--head-depth", type=int, default=2, help="head tower depth (default: %(default)s)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, help="torch CPU threads (default 1 on cpu as in head_cost.py, "
                    "torch's choice on cuda)")
