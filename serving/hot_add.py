@@ -98,8 +98,8 @@ def _undo(
 ) -> None:
     """Put ``repo`` and the server back: remove ``added``, restore ``saved``, unload or reload ``loaded``.
 
-    Models that served before the hot add (``heads``, ``detect``) are reloaded from the restored
-    files; the new task's models are unloaded.
+    ``heads``, which served before the hot add, is reloaded from the restored files, the new
+    task's models are unloaded, and ``detect`` is reloaded last.
     """
     for path in added:
         if path.exists():
@@ -111,8 +111,10 @@ def _undo(
         tmp.write_bytes(data)
         os.replace(tmp, path)
     for model in reversed(loaded):
+        if model == "detect":
+            continue  # reloaded below in every case
         try:
-            if model in (HEADS_MODEL, "detect"):
+            if model == HEADS_MODEL:
                 control.load(model)
             else:
                 control.unload(model)

@@ -196,13 +196,13 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
     input_size, channels = int(build["input_size"]), {k: int(v) for k, v in build["channels"].items()}
     head = read_head(workdir, task)
     check_head(head, input_size, channels)
-    served: dict[str, HeadArtifact] = {}
+    others: dict[str, HeadArtifact] = {}  # shared layout: the served heads kept beside the new one
     if opts.heads_layout == "shared":
-        served = {h.task: h for h in _served_heads(repo)}
+        others = {h.task: h for h in _served_heads(repo) if h.task != task}
         heads_dir = repo / mcfg.HEADS_MODEL
         previous = live_heads_version(repo)
-        _write_shared_heads(heads_dir, previous + 1, [*(h for t, h in served.items() if t != task), head],
-                            channels, opts, {h.task: h.onnx for h in served.values() if h.task != task})
+        _write_shared_heads(heads_dir, previous + 1, [*others.values(), head], channels, opts,
+                            {t: h.onnx for t, h in others.items()})
         for old in heads_dir.iterdir():  # keep the previous version only (restored on a failed load)
             if old.is_dir() and old.name.isdigit() and int(old.name) < previous:
                 shutil.rmtree(old, ignore_errors=True)
@@ -211,13 +211,12 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
         if opts.heads_layout == "per_task":
             _write_head(tmp, head, channels, opts)
         _write_task_ensemble(tmp, head, opts)
-        for name in hot_add_models(opts, task)[:-1]:
-            if (tmp / name).exists():
-                _swap_dir(tmp / name, repo / name)
+        for model_dir in tmp.iterdir():  # head_<task> (per-task layout) and detect_<task>
+            _swap_dir(model_dir, repo / model_dir.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if opts.heads_layout == "shared":
-        heads = {t: h.max_dets for t, h in served.items()} | {task: head.max_dets}
+        heads = {t: h.max_dets for t, h in others.items()} | {task: head.max_dets}
     else:
         heads = {}
         for cfg_path in sorted(repo.glob("head_*/config.pbtxt")):
