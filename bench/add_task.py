@@ -81,7 +81,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="polyhead-work")
     p.add_argument("--epochs", type=int, default=10, help="full fine-tuning epochs")
-    p.add_argument("--head-epochs", type=int, default=40, help="head-only epochs (add-task's default: 40)")
+    p.add_argument("--head-epochs", type=int, default=20, help="head-only epochs (add-task's default: 20)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
 

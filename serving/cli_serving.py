@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     a.add_argument("--train-json", required=True, help="COCO training annotations")
     a.add_argument("--val-json", required=True, help="COCO validation annotations (same categories)")
     a.add_argument("--images", required=True, help="directory that file_name entries are relative to")
-    a.add_argument("--epochs", type=int, default=40, help="head training epochs (default: %(default)s)")
+    a.add_argument("--epochs", type=int, default=20, help="head training epochs (default: %(default)s)")
     a.add_argument("--views", type=int, default=2,
                    help="cached views per image: 1 plain, 2 + flip, more + random augmentation (default: %(default)s)")
     a.add_argument("--server", help="HOST:PORT (gRPC) of a running `polyhead serve` to hot-load the task into")

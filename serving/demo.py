@@ -16,7 +16,7 @@ from shared.artifacts import read_json
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, TrainConfig, dump_config
 
-FULL = {"num_train": 400, "num_val": 100, "num_unlabeled": 100, "epochs": 15, "add_epochs": 30, "finetune_steps": 100}
+FULL = {"num_train": 400, "num_val": 100, "num_unlabeled": 100, "epochs": 15, "add_epochs": 20, "finetune_steps": 100}
 FAST = {"num_train": 48, "num_val": 24, "num_unlabeled": 16, "epochs": 2, "add_epochs": 4, "finetune_steps": 4}
 #: The demo admits variants within 2 mAP points (the `polyhead compress` default is 1.0) so that the
 #: catalogue shows a lighter admitted variant after a 10-epoch training run.

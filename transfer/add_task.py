@@ -33,6 +33,7 @@ from transfer.coco import CocoTask, load_coco
 from transfer.config import PolyheadConfig, load_config
 from transfer.feature_cache import (
     HeadTrainConfig,
+    OnnxTrunk,
     build_feature_cache,
     check_trunk_matches_onnx,
     find_trunk_checkpoint,
@@ -207,7 +208,9 @@ def add_task(
     committed: _Commit | None = None
     try:
         t = time.perf_counter()
-        cache = build_feature_cache(trunk, inputs.train, size, views, cfg.batch_size, seed=cfg.seed, progress=progress)
+        onnx_trunk = OnnxTrunk(ws.variant(REFERENCE) / "model.onnx", trunk.feature_specs)  # checked above
+        cache = build_feature_cache(onnx_trunk, inputs.train, size, views, cfg.batch_size, seed=cfg.seed,
+                                    progress=progress)
         with cache:
             seconds["cache"] = time.perf_counter() - t
             t = time.perf_counter()

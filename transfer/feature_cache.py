@@ -4,6 +4,9 @@ The trunk runs once over the letterboxed training images (plus optional augmente
 is a horizontal flip, later views are seeded random flip/zoom/colour draws); ``p3, p4, p5`` are
 stored as float16 in memory, or in a temporary memory-mapped file when the cache is large. A head
 epoch then costs only the head's forward/backward, no image decoding and no trunk pass.
+
+Features are stored channels-last (``(N, h, w, C)``) and the head trains in channels-last memory
+format: its depthwise convolutions run ~1.7x faster that way on CPU (measured, oneDNN).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class FeatureCache:
 
     Attributes:
         specs: The contract the features follow.
-        features: name -> ``(N, C, S/stride, S/stride)`` float16 arrays (in memory or memory-mapped).
+        features: name -> ``(N, S/stride, S/stride, C)`` float16 arrays, channels last (in memory or
+            memory-mapped).
         targets: N targets ``{"boxes": (M, 4) canvas px, "labels": (M,)}``.
         seconds: Wall time spent building the cache.
         on_disk: Whether the arrays live in a temporary file (removed by :meth:`close`).
@@ -64,9 +68,12 @@ class FeatureCache:
         return sum(a.nbytes for a in self.features.values())
 
     def batch(self, index: np.ndarray) -> tuple[dict[str, Tensor], list[Target]]:
-        """Features (float32 tensors ``(B, C, h, w)``) and targets of the views at ``index``."""
+        """Features (float32 ``(B, C, h, w)`` tensors in channels-last memory format) and targets at ``index``."""
         order = np.sort(index)  # sorted reads are sequential on a memory map
-        feats = {n: torch.from_numpy(np.ascontiguousarray(a[order])).float() for n, a in self.features.items()}
+        feats = {
+            n: torch.from_numpy(np.ascontiguousarray(a[order])).float().permute(0, 3, 1, 2)
+            for n, a in self.features.items()
+        }
         return feats, [self.targets[i] for i in order]
 
     def close(self) -> None:
@@ -87,7 +94,7 @@ def _allocate(
     specs: tuple[FeatureSpec, ...], n: int, size: int, max_memory_mb: float
 ) -> tuple[dict[str, np.ndarray], tempfile.TemporaryDirectory | None]:
     """float16 arrays for ``n`` views: in memory below ``max_memory_mb``, else memory-mapped files."""
-    shapes = {s.name: (n, s.channels, -(-size // s.stride), -(-size // s.stride)) for s in specs}
+    shapes = {s.name: (n, -(-size // s.stride), -(-size // s.stride), s.channels) for s in specs}
     total_mb = sum(math.prod(shape) * 2 for shape in shapes.values()) / 2**20
     if total_mb <= max_memory_mb:
         return {name: np.empty(shape, np.float16) for name, shape in shapes.items()}, None
@@ -157,6 +164,26 @@ def check_trunk_matches_onnx(trunk: Trunk, onnx_path: Path, images: torch.Tensor
     return diff
 
 
+class OnnxTrunk:
+    """The exported trunk run by onnxruntime, called like :class:`Trunk` for feature caching.
+
+    ``__call__(images (B, 3, S, S) uint8 tensor) -> {"p3": (B, C, h, w) float32 tensor, ...}``. On this
+    CPU it runs the reference trunk ~6x faster than eager PyTorch (measured: 1.5 vs 9.0 ms an image
+    at batch 32), and the head then trains on exactly the features the server computes.
+    """
+
+    training = False
+
+    def __init__(self, onnx_path: Path, specs: tuple[FeatureSpec, ...], threads: int = 0):
+        self.feature_specs = tuple(specs)
+        self._names = [s.name for s in self.feature_specs]
+        self._session = session(onnx_path, threads=threads)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
+        outputs = self._session.run(self._names, {"images": images.numpy()})
+        return {n: torch.from_numpy(o) for n, o in zip(self._names, outputs)}
+
+
 def iter_images(task: CocoTask, size: int, n: int) -> Iterator[torch.Tensor]:
     """Yield batches of ``n`` letterboxed images of ``task`` as ``(n, 3, S, S)`` uint8 tensors."""
     for batch, _ in iterate_split(task, size, batch_size=n):
@@ -177,7 +204,8 @@ def build_feature_cache(
     """Run the frozen ``trunk`` once over ``task``'s images (and augmented views) and keep its features.
 
     Args:
-        trunk: Trunk in eval mode: ``(B, 3, S, S) uint8 -> {"p3": ..., ...}`` with ``feature_specs``.
+        trunk: Trunk in eval mode (or an :class:`OnnxTrunk`): ``(B, 3, S, S) uint8 -> {"p3": ..., ...}``
+            with ``feature_specs``.
         task: Training annotations (its ``images_dir`` holds the files).
         size: Letterbox side S (the trunk's input size).
         views: Views per image: 1 = plain, 2 = + horizontal flip, k > 2 = + random augmentations.
@@ -197,7 +225,7 @@ def build_feature_cache(
         raise ConfigError(f"views must be >= 1 (1 = no augmented copies), got {views}")
     if not task.images:
         raise DataError(f"{task.path}: lists no images; nothing to train on")
-    if trunk.training:
+    if getattr(trunk, "training", False):
         raise ConfigError("cache features with the trunk in eval mode (call trunk.eval()) so BatchNorm is frozen")
     t0 = time.perf_counter()
     specs = tuple(trunk.feature_specs)
@@ -216,7 +244,8 @@ def build_feature_cache(
                 feats = trunk(images)  # {name: (B, C, h, w)}
                 start = len(targets)
                 for s in specs:
-                    features[s.name][start : start + len(images)] = feats[s.name].to(torch.float16).numpy()
+                    nhwc = feats[s.name].permute(0, 2, 3, 1).to(torch.float16)
+                    features[s.name][start : start + len(images)] = nhwc.numpy()
                 targets.extend(batch_targets[task.name])
                 bar.update(len(images))
         bar.close()
@@ -240,9 +269,9 @@ class HeadTrainConfig:
         seed: Seed of shuffling.
     """
 
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 32
-    lr: float = 4e-3
+    lr: float = 8e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20
     seed: int = 0
@@ -288,7 +317,7 @@ def train_head_on_cache(
     batch = min(cfg.batch_size, n)
     steps = max(1, n // batch)  # drop the last partial batch (BatchNorm needs > 1 sample)
     total, history = steps * cfg.epochs, []
-    head.train()
+    head.to(memory_format=torch.channels_last).train()
     bar = tqdm(range(cfg.epochs), desc="train head", disable=not progress, leave=False)
     for epoch in bar:
         order, running = rng.permutation(n), 0.0
@@ -304,5 +333,5 @@ def train_head_on_cache(
             running += loss.item()
         history.append(running / steps)
         bar.set_postfix(loss=f"{history[-1]:.3f}")
-    head.eval()
+    head.to(memory_format=torch.contiguous_format).eval()
     return history

@@ -1,7 +1,7 @@
 import torch
 
 from heads.head import DetectionHead, HeadConfig
-from heads.loss import DetectionLoss, LossConfig, assign
+from heads.loss import DetectionLoss, LossConfig, assign, assign_batch, pad_targets
 from heads.postprocess import PostprocessConfig, postprocess
 from shared.boxes import box_iou
 from shared.trunk import build_trunk
@@ -63,3 +63,23 @@ def test_assignment_puts_foreground_inside_boxes_with_soft_targets():
     assert bool(inside.all())
     assert bool((tscore[fg, 1] > 0).all()) and bool((tscore[:, 0] == 0).all()) and bool((tscore[~fg] == 0).all())
     assert torch.equal(tbox[fg], gt.expand(int(fg.sum()), 4))
+
+
+def test_batched_assignment_equals_one_image_at_a_time():
+    """Padding the ground truth to the batch's largest count changes no image's assignment."""
+    g = torch.Generator().manual_seed(0)
+    points = torch.stack(torch.meshgrid(torch.arange(4.0, 64, 8), torch.arange(4.0, 64, 8), indexing="xy"), -1)
+    points = points.reshape(-1, 2)
+    scores = torch.rand(3, len(points), 4, generator=g)
+    boxes = torch.cat([points - 6, points + 6], 1).expand(3, -1, -1) + torch.rand(3, len(points), 4, generator=g)
+    gts = [torch.tensor([[8.0, 8.0, 40.0, 40.0], [30.0, 20.0, 60.0, 50.0], [2.0, 2.0, 5.0, 5.0]]),
+           torch.tensor([[10.0, 30.0, 50.0, 62.0]]), torch.zeros(0, 4)]
+    labels = [torch.tensor([1, 3, 0]), torch.tensor([2]), torch.zeros(0, dtype=torch.int64)]
+    gt_boxes, gt_labels, valid = pad_targets([{"boxes": b, "labels": c} for b, c in zip(gts, labels)], boxes)
+    assert gt_boxes.shape == (3, 3, 4) and valid.sum(1).tolist() == [3, 1, 0]
+    fg, tbox, tscore = assign_batch(scores, boxes, points, gt_boxes, gt_labels, valid, LossConfig(topk=5))
+    for b in range(3):
+        fg1, tbox1, tscore1 = assign(scores[b], boxes[b], points, gts[b], labels[b], LossConfig(topk=5))
+        assert torch.equal(fg[b], fg1) and torch.allclose(tscore[b], tscore1)
+        assert torch.equal(tbox[b][fg1], tbox1[fg1])
+    assert int(fg[0].sum()) > 0 and int(fg[2].sum()) == 0
