@@ -66,7 +66,7 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
 
     result = run_serving_bench(args.workdir, tasks, args.variant, args.concurrency, args.seconds,
                                progress=progress, batching_concurrency=args.batching_concurrency,
-                               heads_layout=args.heads_layout.replace("-", "_"))
+                               heads_layout=args.heads_layout)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--seconds", type=float, default=10.0, help="measurement time per side and N")
     bs.add_argument("--batching-concurrency", type=int, default=8,
                     help="clients for the dynamic batching on/off comparison; 0 skips it (default: %(default)s)")
-    bs.add_argument("--heads-layout", choices=("shared", "per-task"), default="shared",
-                    help="heads layout of the shared side; the other is measured beside it (default: %(default)s)")
+    from serving.cli_serving import add_heads_layout
+
+    add_heads_layout(bs, "shared", "heads layout of the shared side; the other is measured beside it (default: shared)")
     bs.add_argument("--json", help="write the results here")
     bs.set_defaults(func=_cmd_bench_serving)
     p.set_defaults(bench_subparsers=bench_sub)

@@ -41,7 +41,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     summary = build_repository(Path(args.workdir), backend=args.backend, dynamic_batching=args.dynamic_batching,
                                tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
-                               heads_layout=args.heads_layout.replace("-", "_"))
+                               heads_layout=args.heads_layout)
     versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
     print(f"wrote {summary.path} ({summary.options.backend} backend, input {summary.input_size}): "
           f"trunk versions {versions}; tasks {', '.join(summary.tasks)}")
@@ -55,8 +55,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     repo = Path(args.workdir) / "model_repository"
     if not (repo / "build.json").is_file():
-        print(f"no repository at {repo}; building it ({args.heads_layout} heads)")
-        repo = build_repository(Path(args.workdir), heads_layout=args.heads_layout.replace("-", "_")).path
+        print(f"no repository at {repo}; building it ({args.heads_layout.replace('_', '-')} heads)")
+        repo = build_repository(Path(args.workdir), heads_layout=args.heads_layout).path
     server = EmbeddedTriton(repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
                             host=args.host)
     server.start()
@@ -88,6 +88,12 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_heads_layout(parser: argparse.ArgumentParser, default: str, help_text: str) -> None:
+    """Add ``--heads-layout per-task|shared``; ``args.heads_layout`` is the library's ``per_task`` / ``shared``."""
+    parser.add_argument("--heads-layout", type=lambda text: text.replace("-", "_"), choices=("per_task", "shared"),
+                        default=default, metavar="{per-task,shared}", help=help_text)
+
+
 def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``add-task``, ``export``, ``serve`` and ``infer`` to the ``polyhead`` subcommands.
 
@@ -114,9 +120,9 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     e.add_argument("--dynamic-batching", action="store_true", help="enable the dynamic batcher (pays on GPUs)")
     e.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator (onnxruntime backend only)")
     e.add_argument("--max-batch-size", type=int, default=8, help="largest batch per execution (default: %(default)s)")
-    e.add_argument("--heads-layout", choices=("per-task", "shared"), default="per-task",
-                   help="per-task: one head_<task> model each; shared: one `heads` model hosting every head "
-                        "(python backend: one process whatever the number of tasks) (default: %(default)s)")
+    add_heads_layout(e, "per_task",
+                     "per-task: one head_<task> model each; shared: one `heads` model hosting every head "
+                     "(python backend: one process whatever the number of tasks) (default: per-task)")
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("serve", help="run the embedded Triton server on the workspace's repository")
@@ -125,8 +131,7 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
-    s.add_argument("--heads-layout", choices=("per-task", "shared"), default="per-task",
-                   help="layout when the repository must be built first (see `polyhead export`)")
+    add_heads_layout(s, "per_task", "layout when the repository must be built first (see `polyhead export`)")
     s.set_defaults(func=_cmd_serve)
 
     i = sub.add_parser("infer", help="detect objects in one image through a running server")

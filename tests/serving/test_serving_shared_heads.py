@@ -149,3 +149,14 @@ def test_failed_hot_add_of_a_shared_head_restores_the_repository_and_keeps_servi
         with Detector(server.url) as det:
             assert det.tasks(refresh=True) == sorted(fakes.TASKS)
             assert set(det.detect(images)[0].detections) == set(fakes.TASKS)
+
+
+def test_command_line_spells_the_layout_per_task_and_passes_per_task_on():
+    from serving.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "--heads-layout", "per-task"]).heads_layout == "per_task"
+    assert parser.parse_args(["serve"]).heads_layout == "per_task"
+    assert parser.parse_args(["bench", "serving"]).heads_layout == "shared"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--heads-layout", "fused"])
