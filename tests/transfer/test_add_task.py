@@ -21,7 +21,7 @@ from shared.artifacts import sha256_file
 from shared.errors import ArtifactError, ConfigError, DataError, ServingError
 from shared.workspace import Workspace
 from transfer.add_task import add_task
-from transfer.feature_cache import HeadTrainConfig, build_feature_cache, load_frozen_trunk
+from transfer.feature_cache import HeadTrainConfig, OnnxTrunk, build_feature_cache, load_frozen_trunk
 from transfer.synth import CLASSES
 
 SIZE = 64
@@ -112,6 +112,23 @@ def test_feature_cache_flip_view_mirrors_features(env):
         assert feats["p3"].dtype == torch.float32 and feats["p3"].shape == (2, 32, SIZE // 8, SIZE // 8)
         boxes, flipped = targets[0]["boxes"], targets[1]["boxes"]
         assert torch.allclose(flipped[:, [2, 0]], SIZE - boxes[:, [0, 2]])
+
+
+def test_cache_from_the_exported_trunk_matches_the_pytorch_trunk(env):
+    """add-task caches with onnxruntime; the features equal the checkpoint's within float16 rounding."""
+    work, train, _, images = env
+    from transfer.coco import load_coco
+
+    trunk = load_frozen_trunk(work / "checkpoints" / "nano.pt")
+    task = load_coco(train, images, name="shapes")
+    onnx_trunk = OnnxTrunk(work / "trunk" / "reference" / "model.onnx", trunk.feature_specs)
+    ref, got = build_feature_cache(trunk, task, SIZE, views=2), build_feature_cache(onnx_trunk, task, SIZE, views=2)
+    with ref, got:
+        assert set(got.features) == set(ref.features) and len(got) == len(ref)
+        for name, a in ref.features.items():
+            a32, b32 = a.astype(np.float32), got.features[name].astype(np.float32)
+            assert np.abs(a32 - b32).max() <= 2e-3 * max(1.0, float(np.abs(a32).max())), name
+        assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ref.targets, got.targets))
 
 
 def _write(path: Path, text: str) -> Path:
