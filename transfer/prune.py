@@ -51,7 +51,7 @@ class PruneSettings:
     ratio: float = 0.15
     round_to: int = 8
     global_pruning: bool = False
-    steps: int = 200
+    steps: int = 600  # 200 left a distilled student's pruned variants 4-5 mAP points down; 600: <= 0.7 (measured)
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
