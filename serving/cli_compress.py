@@ -54,8 +54,9 @@ def _cmd_bench_compress(args: argparse.Namespace) -> int:
     from transfer.compress import run_compress_bench
 
     reports = {"distillation": args.distill_report, "add_task": args.add_task_report}
-    result = run_compress_bench(args.workdir, reports={k: v for k, v in reports.items() if v})
-    print(f"best admitted variant: {result['best_variant']} vs {result['baseline']}")
+    result = run_compress_bench(args.workdir, reports={k: v for k, v in reports.items() if v}, variant=args.variant)
+    what = "best admitted variant" if args.variant is None else f"variant (admitted: {result['admitted']})"
+    print(f"{what}: {result['best_variant']} vs {result['baseline']}")
     for key in ("size_ratio", "latency_ratio_b1", "latency_ratio_b8", "max_map_drop"):
         print(f"  {key:18s} {result[key]:.3f}")
     if "distillation" in result:
@@ -96,6 +97,7 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     b = bench_commands(sub).add_parser("compress", help="best admitted variant vs the teacher: size, latency, mAP")
     add_workdir(b)
     b.add_argument("--json", help="write the result here")
+    b.add_argument("--variant", help="compare this catalogue variant instead of the best admitted one")
     b.add_argument("--distill-report", metavar="F", help="report.json of bench/distill.py to include")
     b.add_argument("--add-task-report", metavar="F", help="report.json of bench/add_task.py to include")
     b.set_defaults(func=_cmd_bench_compress)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from shared.artifacts import atomic_directory, atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from shared.errors import ArtifactError
+from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from shared.workspace import Workspace
 from transfer.catalogue import build_catalogue
@@ -283,7 +283,9 @@ def run_compress(
     return CompressReport(catalogue, path, built, time.perf_counter() - t0)
 
 
-def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str, str | Path] | None = None) -> dict:
+def run_compress_bench(
+    workdir: str | Path, repeats: int = 30, reports: dict[str, str | Path] | None = None, variant: str | None = None
+) -> dict:
     """`polyhead bench compress`: best admitted variant vs the teacher (see :func:`compress_benchmark`).
 
     The teacher's size and latency come from its architecture (``cfg.teacher``, default ``teacher``)
@@ -291,6 +293,11 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str
     ``reports`` maps result keys (``distillation``, ``add_task``) to JSON files written by
     ``bench/distill.py`` and ``bench/add_task.py``, included as they are. The best admitted variant and
     the reference are timed again, interleaved with the teacher, so the ratios come from one run.
+    ``variant`` compares that catalogue variant instead of the best admitted one (``admitted`` in the
+    result says whether it is).
+
+    Raises:
+        ConfigError: If ``variant`` is not in the catalogue.
     """
     included = {key: read_json(path) for key, path in (reports or {}).items()}  # fail before the slow part
     from shared.trunk import trunk_config
@@ -309,7 +316,10 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str
     first = next(iter(vals.values()))
     check = load_images([first.images_dir / im.file_name for im in list(first.images.values())[:1]], input_size)
     teacher_name = cfg.teacher or "teacher"
-    best = best_admitted(catalogue)
+    if variant is not None and variant not in catalogue["variants"]:
+        raise ConfigError(f"no variant '{variant}' in the catalogue (have {sorted(catalogue['variants'])}); "
+                          "run `polyhead compress` or pick one of those")
+    best = variant or best_admitted(catalogue)
     compare = {n: ws.variant(n) / "model.onnx" for n in dict.fromkeys((best, REFERENCE))}
     teacher = teacher_footprint(trunk_config(teacher_name), input_size, check.numpy(), repeats, compare)
     teacher["trunk"] = teacher_name
@@ -322,4 +332,6 @@ def run_compress_bench(workdir: str | Path, repeats: int = 30, reports: dict[str
         teacher_maps = {t: coco_map(v, detect_split(v, input_size, torch_detector(model, t, post_config(cfg))))["map"]
                         for t, v in vals.items() if t in model.heads}
     teacher["map"] = teacher_maps
-    return compress_benchmark(catalogue, teacher, teacher_maps, best) | included
+    result = compress_benchmark(catalogue, teacher, teacher_maps, best) | included
+    return result | {"admitted": bool(catalogue["variants"][best]["admitted"]),
+                     "chosen_by": "--variant" if variant else "best admitted"}

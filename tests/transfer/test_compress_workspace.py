@@ -126,3 +126,18 @@ def test_bench_compress_times_teacher_and_variants_in_one_run_and_folds_in_repor
     assert out["teacher"]["map"] is None and out["map_drop_baseline"] == "reference"  # no trained teacher here
     with pytest.raises(ArtifactError, match="missing.json"):
         run_compress_bench(ws.root, repeats=3, reports={"add_task": tmp_path / "missing.json"})
+    assert out["admitted"] and out["chosen_by"] == "best admitted"
+
+
+def test_bench_compress_compares_a_named_variant_even_if_not_admitted(workspace):
+    from shared.errors import ConfigError
+    from transfer.compress import run_compress_bench
+
+    ws, report = workspace
+    rows = report.catalogue["variants"]
+    name = next((n for n, r in rows.items() if not r["admitted"]), "int8")
+    out = run_compress_bench(ws.root, repeats=3, variant=name)
+    assert out["best_variant"] == name and out["chosen_by"] == "--variant"
+    assert out["admitted"] == rows[name]["admitted"] and name in out["teacher"]["side_by_side"]
+    with pytest.raises(ConfigError, match="no variant 'nope'"):
+        run_compress_bench(ws.root, repeats=3, variant="nope")
