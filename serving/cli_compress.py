@@ -41,7 +41,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from transfer.compress import CompressSettings, run_compress
 
     settings = CompressSettings(rounds=args.rounds)
-    settings = replace(settings, prune=replace(settings.prune, ratio=args.prune_ratio, steps=args.finetune_steps))
+    settings = replace(settings, prune=replace(settings.prune, ratio=args.prune_ratio, steps=args.finetune_steps,
+                                               response_weight=args.response_weight))
     report = run_compress(args.workdir, tolerance=args.tolerance, settings=settings, log=print)
     for line in format_catalogue(report.catalogue):
         print(line)
@@ -93,6 +94,9 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
                    help="share of hidden channels removed per round (default %(default)s)")
     c.add_argument("--finetune-steps", type=int, default=defaults.steps,
                    help="feature-distillation steps after each round (default %(default)s)")
+    c.add_argument("--response-weight", type=float, default=defaults.response_weight,
+                   help="also distil the frozen heads' outputs during the fine-tune (0 = features only; "
+                        "default %(default)s)")
     c.set_defaults(func=_cmd_compress)
     b = bench_commands(sub).add_parser("compress", help="best admitted variant vs the teacher: size, latency, mAP")
     add_workdir(b)

@@ -146,8 +146,11 @@ def _publish_onnx(
 
 
 def _build_pruned(ws, reference: Trunk, images: torch.Tensor, holdout: torch.Tensor, settings: CompressSettings,
-                  input_size: int, progress: bool, log: Log) -> tuple[list[str], list[str]]:
-    """Prune -> fine-tune rounds; returns (variant names, names built now)."""
+                  input_size: int, progress: bool, log: Log, heads: tuple = ()) -> tuple[list[str], list[str]]:
+    """Prune -> fine-tune rounds; returns (variant names, names built now).
+
+    ``heads``: the checkpoint's frozen heads, for response distillation (``settings.prune.response_weight``).
+    """
     names, built = [], []
     parent_name, parent = REFERENCE, reference
     target = holdout_target = None
@@ -163,7 +166,7 @@ def _build_pruned(ws, reference: Trunk, images: torch.Tensor, holdout: torch.Ten
         t0 = time.perf_counter()
         trunk = prune_trunk(parent, settings.prune)
         before = feature_error(trunk, holdout_target, holdout)
-        losses = distill_finetune(trunk, images, target, settings.prune, progress)
+        losses = distill_finetune(trunk, images, target, settings.prune, progress, heads)
         after = feature_error(trunk, holdout_target, holdout)
         log(f"{name}: hidden {sum(hidden_widths(parent))} -> {sum(hidden_widths(trunk))} channels, "
             f"feature error {before:.3f} -> {after:.3f} in {time.perf_counter() - t0:.0f} s")
@@ -244,7 +247,8 @@ def run_compress(
     cfg = resolve_config(ws, None)
     root, input_size = data_root(ws, cfg), int(ref_meta["input_size"])
     ckpt = ws.require(ws.checkpoints / f"{cfg.trunk}.pt", "run `polyhead train` first")
-    reference = load_checkpoint(ckpt)[0].trunk.eval()
+    model = load_checkpoint(ckpt)[0].eval()
+    reference, heads = model.trunk, tuple(h.requires_grad_(False) for h in model.heads.values())
     if reference.cfg != TrunkConfig.from_dict(ref_meta["trunk_config"]):
         raise ArtifactError(f"{ckpt} does not hold the published reference trunk; rerun `polyhead train`")
     if "flops" not in ref_meta:
@@ -255,7 +259,7 @@ def run_compress(
                          for t in list(vals.values())[:1]]) if vals else None
     images = load_images(_task_images(cfg, root)[: settings.max_images], input_size)
     holdout = images[-32:] if holdout is None else holdout
-    pruned, built = _build_pruned(ws, reference, images, holdout, settings, input_size, progress, log)
+    pruned, built = _build_pruned(ws, reference, images, holdout, settings, input_size, progress, log, heads)
     jobs = []
     if settings.int8:
         jobs.append(("int8", REFERENCE, "int8"))

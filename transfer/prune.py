@@ -29,7 +29,7 @@ from shared.blocks import InvertedResidual
 from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from transfer.datasets import ImageFolderDataset
-from transfer.distill import FeatureDistiller
+from transfer.distill import FeatureDistiller, response_distillation
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class PruneSettings:
         seed: Seed of the fine-tune's shuffling.
         freeze_bn: Fine-tune with BatchNorm in eval mode (running statistics frozen; affine terms and
             convs still learn), so the loss is computed on exactly the function that is exported.
+        response_weight: Weight of response distillation through the workspace's frozen jointly
+            trained heads (their outputs on the pruned features imitate their outputs on the
+            reference features; still no labels). 0 = feature distillation only.
     """
 
     ratio: float = 0.15
@@ -56,11 +59,12 @@ class PruneSettings:
     lr: float = 2e-3
     seed: int = 0
     freeze_bn: bool = True
+    response_weight: float = 0.0
 
     def __post_init__(self):
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"prune ratio must be in (0, 1), got {self.ratio}")
-        if self.steps < 0 or self.batch_size < 1 or self.round_to < 1:
+        if self.steps < 0 or self.batch_size < 1 or self.round_to < 1 or self.response_weight < 0:
             raise ConfigError(f"prune steps/batch_size/round_to must be positive, got {self}")
 
     def to_dict(self) -> dict:
@@ -140,7 +144,8 @@ def feature_error(student: Trunk, target: dict[str, Tensor], images: Tensor) -> 
 
 
 def distill_finetune(
-    student: Trunk, images: Tensor, target: dict[str, Tensor], settings: PruneSettings, progress: bool = False
+    student: Trunk, images: Tensor, target: dict[str, Tensor], settings: PruneSettings, progress: bool = False,
+    heads: Sequence[nn.Module] = (),
 ) -> list[float]:
     """Fine-tune ``student`` in place to reproduce ``target`` features of ``images`` (feature distillation).
 
@@ -148,8 +153,10 @@ def distill_finetune(
         student: The pruned trunk (trained in train mode, left in eval mode).
         images: ``(N, 3, S, S)`` uint8 task and unlabelled images.
         target: Reference features of ``images`` (:func:`trunk_features` of the reference trunk).
-        settings: Steps, batch size, learning rate, seed.
+        settings: Steps, batch size, learning rate, seed, response weight.
         progress: Show a progress bar.
+        heads: Frozen task heads (``features -> HeadOutput``) for response distillation, used when
+            ``settings.response_weight > 0``.
 
     Returns:
         The loss of every step.
@@ -175,7 +182,14 @@ def distill_finetune(
         tgt = {n: t[idx] for n, t in target.items()}
         for group in opt.param_groups:
             group["lr"] = settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
-        loss = distiller(student(batch), tgt)
+        feats = student(batch)
+        loss = distiller(feats, tgt)
+        if settings.response_weight > 0 and heads:
+            with torch.no_grad():
+                reference_out = [head(tgt) for head in heads]
+            loss = loss + settings.response_weight * sum(
+                response_distillation(head(feats), ref) for head, ref in zip(heads, reference_out)
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -70,3 +70,26 @@ def test_distillation_fine_tune_pulls_pruned_features_towards_the_reference():
     losses = distill_finetune(pruned, images, target, PruneSettings(steps=25, batch_size=16, lr=3e-3))
     assert len(losses) == 25 and not pruned.training
     assert feature_error(pruned, target, images) < 0.8 * before
+
+
+def test_response_distillation_pulls_frozen_heads_outputs_towards_the_reference():
+    from heads.head import DetectionHead, HeadConfig
+    from transfer.distill import response_distillation
+
+    torch.manual_seed(0)
+    images = _images(32)
+    reference = _calibrated_nano(images)
+    head = DetectionHead(reference.feature_specs, HeadConfig(2, width=16)).eval().requires_grad_(False)
+    head_state = {k: v.clone() for k, v in head.state_dict().items()}
+    target = trunk_features(reference, images)
+    pruned = prune_trunk(reference, PruneSettings(ratio=0.6, round_to=4))
+
+    def response_gap() -> float:
+        with torch.no_grad():
+            return float(response_distillation(head(pruned.eval()(images)), head(target)))
+
+    before = response_gap()
+    settings = PruneSettings(steps=25, batch_size=16, lr=3e-3, response_weight=1.0)
+    losses = distill_finetune(pruned, images, target, settings, heads=(head,))
+    assert len(losses) == 25 and response_gap() < before
+    assert all(torch.equal(v, head_state[k]) for k, v in head.state_dict().items())  # the head stays frozen
