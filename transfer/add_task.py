@@ -202,13 +202,13 @@ def add_task(
     ws, size = inputs.ws, int(inputs.reference["input_size"])
     trunk = load_frozen_trunk(inputs.checkpoint, inputs.reference.get("trunk_config"))
     probe = next(iter_images(inputs.val, size, 4))  # (4, 3, S, S) uint8
-    check_trunk_matches_onnx(trunk, ws.variant(REFERENCE) / "model.onnx", probe)
+    onnx_trunk = OnnxTrunk(ws.variant(REFERENCE) / "model.onnx", trunk.feature_specs)  # also builds the cache
+    check_trunk_matches_onnx(trunk, onnx_trunk, probe)
     seconds = {"validate": time.perf_counter() - t0}
     stage = Path(tempfile.mkdtemp(dir=ws.root, prefix=f".add-task-{name}-{_host_tag()}-{os.getpid()}-"))
     committed: _Commit | None = None
     try:
         t = time.perf_counter()
-        onnx_trunk = OnnxTrunk(ws.variant(REFERENCE) / "model.onnx", trunk.feature_specs)  # checked above
         cache = build_feature_cache(onnx_trunk, inputs.train, size, views, cfg.batch_size, seed=cfg.seed,
                                     progress=progress)
         with cache:

@@ -143,29 +143,8 @@ def load_frozen_trunk(checkpoint: Path, trunk_cfg: dict | None = None) -> Trunk:
     return trunk.eval().requires_grad_(False)
 
 
-def check_trunk_matches_onnx(trunk: Trunk, onnx_path: Path, images: torch.Tensor) -> float:
-    """Max feature difference between ``trunk`` and the exported ``onnx_path`` on ``images`` (B,3,S,S) uint8.
-
-    Raises:
-        ArtifactError: If the checkpoint no longer matches the served reference trunk.
-    """
-    sess = session(onnx_path, threads=2)
-    names = [s.name for s in trunk.feature_specs]
-    with torch.inference_mode():
-        ref = trunk(images)
-    got = sess.run(names, {"images": images.numpy()})
-    scale = max(1.0, *(float(ref[n].abs().max()) for n in names))
-    diff = max(float(np.abs(ref[n].numpy() - g).max()) for n, g in zip(names, got))
-    if diff > PARITY_TOLERANCE * scale:
-        raise ArtifactError(
-            f"the trunk weights in the checkpoint differ from {onnx_path} (max feature diff {diff:.2e}); "
-            "the checkpoint was retrained after export: re-export with `polyhead train`"
-        )
-    return diff
-
-
 class OnnxTrunk:
-    """The exported trunk run by onnxruntime, called like :class:`Trunk` for feature caching.
+    """The exported trunk run by onnxruntime, called like :class:`Trunk` (feature cache, parity check).
 
     ``__call__(images (B, 3, S, S) uint8 tensor) -> {"p3": (B, C, h, w) float32 tensor, ...}``. On this
     CPU it runs the reference trunk ~6x faster than eager PyTorch (measured: 1.5 vs 9.0 ms an image
@@ -175,13 +154,33 @@ class OnnxTrunk:
     training = False
 
     def __init__(self, onnx_path: Path, specs: tuple[FeatureSpec, ...], threads: int = 0):
-        self.feature_specs = tuple(specs)
+        self.path, self.feature_specs = Path(onnx_path), tuple(specs)
         self._names = [s.name for s in self.feature_specs]
         self._session = session(onnx_path, threads=threads)
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
         outputs = self._session.run(self._names, {"images": images.numpy()})
         return {n: torch.from_numpy(o) for n, o in zip(self._names, outputs)}
+
+
+def check_trunk_matches_onnx(trunk: Trunk, onnx_trunk: OnnxTrunk, images: torch.Tensor) -> float:
+    """Max feature difference between ``trunk`` and the exported ``onnx_trunk`` on ``images`` (B,3,S,S) uint8.
+
+    Raises:
+        ArtifactError: If the checkpoint no longer matches the served reference trunk.
+    """
+    names = [s.name for s in trunk.feature_specs]
+    with torch.inference_mode():
+        ref = trunk(images)
+    got = onnx_trunk(images)
+    scale = max(1.0, *(float(ref[n].abs().max()) for n in names))
+    diff = max(float((ref[n] - got[n]).abs().max()) for n in names)
+    if diff > PARITY_TOLERANCE * scale:
+        raise ArtifactError(
+            f"the trunk weights in the checkpoint differ from {onnx_trunk.path} (max feature diff {diff:.2e}); "
+            "the checkpoint was retrained after export: re-export with `polyhead train`"
+        )
+    return diff
 
 
 def iter_images(task: CocoTask, size: int, n: int) -> Iterator[torch.Tensor]:

@@ -21,7 +21,13 @@ from shared.artifacts import sha256_file
 from shared.errors import ArtifactError, ConfigError, DataError, ServingError
 from shared.workspace import Workspace
 from transfer.add_task import add_task
-from transfer.feature_cache import HeadTrainConfig, OnnxTrunk, build_feature_cache, load_frozen_trunk
+from transfer.feature_cache import (
+    HeadTrainConfig,
+    OnnxTrunk,
+    build_feature_cache,
+    check_trunk_matches_onnx,
+    load_frozen_trunk,
+)
 from transfer.synth import CLASSES
 
 SIZE = 64
@@ -129,6 +135,18 @@ def test_cache_from_the_exported_trunk_matches_the_pytorch_trunk(env):
             a32, b32 = a.astype(np.float32), got.features[name].astype(np.float32)
             assert np.abs(a32 - b32).max() <= 2e-3 * max(1.0, float(np.abs(a32).max())), name
         assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ref.targets, got.targets))
+
+
+def test_parity_check_refuses_a_checkpoint_that_no_longer_matches_the_exported_trunk(env):
+    work, _, _, _ = env
+    trunk = load_frozen_trunk(work / "checkpoints" / "nano.pt")
+    onnx_trunk = OnnxTrunk(work / "trunk" / "reference" / "model.onnx", trunk.feature_specs)
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    assert check_trunk_matches_onnx(trunk, onnx_trunk, images) < 1e-3
+    with torch.no_grad():
+        next(p for p in trunk.parameters() if p.dim() == 4).mul_(3.0)  # "retrained after export"
+    with pytest.raises(ArtifactError, match="differ from .*model.onnx.*re-export"):
+        check_trunk_matches_onnx(trunk, onnx_trunk, images)
 
 
 def _write(path: Path, text: str) -> Path:
