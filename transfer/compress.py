@@ -312,6 +312,9 @@ def run_compress_bench(
 
     ws = Workspace.at(workdir)
     catalogue = load_catalogue(ws.trunk_dir)
+    if variant is not None and variant not in catalogue["variants"]:  # fail before the slow part
+        raise ConfigError(f"no variant '{variant}' in the catalogue (have {sorted(catalogue['variants'])}); "
+                          "run `polyhead compress` or pick one of those")
     cfg = resolve_config(ws, None)
     input_size = int(read_json(ws.variant(REFERENCE) / "variant.json")["input_size"])
     vals, _ = _val_sets(ws, cfg, data_root(ws, cfg))
@@ -320,9 +323,6 @@ def run_compress_bench(
     first = next(iter(vals.values()))
     check = load_images([first.images_dir / im.file_name for im in list(first.images.values())[:1]], input_size)
     teacher_name = cfg.teacher or "teacher"
-    if variant is not None and variant not in catalogue["variants"]:
-        raise ConfigError(f"no variant '{variant}' in the catalogue (have {sorted(catalogue['variants'])}); "
-                          "run `polyhead compress` or pick one of those")
     best = variant or best_admitted(catalogue)
     compare = {n: ws.variant(n) / "model.onnx" for n in dict.fromkeys((best, REFERENCE))}
     teacher = teacher_footprint(trunk_config(teacher_name), input_size, check.numpy(), repeats, compare)

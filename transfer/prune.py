@@ -65,7 +65,7 @@ class PruneSettings:
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"prune ratio must be in (0, 1), got {self.ratio}")
         if self.steps < 0 or self.batch_size < 1 or self.round_to < 1 or self.response_weight < 0:
-            raise ConfigError(f"prune steps/batch_size/round_to must be positive, got {self}")
+            raise ConfigError(f"prune steps/batch_size/round_to must be positive and response_weight >= 0, got {self}")
 
     def to_dict(self) -> dict:
         """JSON form recorded in ``variant.json`` (a resumed run redoes a round whose settings differ)."""
