@@ -152,6 +152,14 @@ class ModelControl:
 
     reload = load
 
+    def config(self, name: str) -> object:
+        """The ``ModelConfig`` model ``name`` is served with now.
+
+        Raises:
+            ServingError: Unknown model or unreachable server.
+        """
+        return self._call(f"config of model '{name}'", "get_model_config", name).config
+
     def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Unload model ``name`` (in-flight requests finish first).
 

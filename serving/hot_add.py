@@ -14,8 +14,14 @@ import tempfile
 from pathlib import Path
 
 from serving.admin import ModelControl
-from serving.model_configs import HEADS_MODEL
-from serving.repository import add_task_to_repository, hot_add_models, live_heads_version, read_options
+from serving.model_configs import TRUNK_MODEL, heads_host
+from serving.repository import (
+    add_task_to_repository,
+    heads_root,
+    hot_add_models,
+    live_heads_version,
+    read_options,
+)
 from shared.errors import ArtifactError, ConfigError, ServingError
 
 SERVER_ADDRESS = re.compile(r"[^\s:/]+:\d{1,5}")
@@ -65,26 +71,35 @@ class TritonHotAdd:
         """Write ``name``'s head and ``detect_<name>`` into ``repo``, load them and reload ``detect``.
 
         Per-task layout: loads ``head_<name>``; shared layout: reloads ``heads`` (a new version
-        holding every head). The server never restarts and the trunk is not reloaded. If a load
-        fails, what was loaded is unloaded (or reloaded from the restored files) and the
-        repository files are restored.
+        holding every head); neither reloads the trunk. In_trunk layout: reloads ``trunk`` onto a
+        new generation of head files, with the config it serves (live variant and batching delay
+        kept) plus the new head; its old process serves until the new one is ready. The server
+        never restarts. If a load fails, what was loaded is unloaded (or reloaded from the restored
+        files) and the repository files are restored.
 
         Raises:
             ServingError: A load failed (after the repository was restored).
         """
-        shared = read_options(repo).heads_layout == "shared"
-        kept = (repo / "detect" / "config.pbtxt", repo / "build.json", repo / HEADS_MODEL / "config.pbtxt")
+        opts = read_options(repo)
+        host = heads_host(opts)
+        kept = [repo / "detect" / "config.pbtxt", repo / "build.json"]
+        if host is not None:
+            kept.append(repo / host / "config.pbtxt")
         saved = {p: p.read_bytes() for p in kept if p.is_file()}
-        new_leaf = repo / HEADS_MODEL / str(live_heads_version(repo) + 1) if shared else repo / f"head_{name}"
+        new_leaf = heads_root(repo, opts) / str(live_heads_version(repo, opts) + 1) if host else repo / f"head_{name}"
         added, loaded = (new_leaf, repo / f"detect_{name}"), []
         with ModelControl(self.server, self.key, self.timeout_s) as control:
+            served_trunk = control.config(TRUNK_MODEL) if host == TRUNK_MODEL else None
             try:
                 summary = add_task_to_repository(repo, workdir, name)
                 for model in hot_add_models(summary.options, name):
-                    control.load(model)
+                    if model == TRUNK_MODEL:
+                        control.load(model, config=_with_heads(served_trunk, repo))
+                    else:
+                        control.load(model)
                     loaded.append(model)
             except BaseException as exc:
-                _undo(control, repo, added, loaded, saved)
+                _undo(control, repo, added, loaded, saved, served_trunk)
                 if isinstance(exc, ServingError):
                     raise ServingError(
                         f"hot load of task {name!r} into {self.server} failed ({exc}); the live repository "
@@ -93,13 +108,36 @@ class TritonHotAdd:
                 raise
 
 
+def _with_heads(served: object, repo: Path) -> str:
+    """JSON override for loading ``trunk``: the ``served`` config with the repository's heads.
+
+    Outputs and the ``heads`` / ``heads_dir`` parameters come from ``trunk/config.pbtxt`` (just
+    rewritten by the hot add); everything else (the live version policy, the batching delay a
+    controller set) stays as served.
+    """
+    from google.protobuf.json_format import MessageToJson
+
+    from serving.model_configs import read_config
+
+    disk = read_config(repo / TRUNK_MODEL / "config.pbtxt")
+    cfg = type(served)()
+    cfg.CopyFrom(served)
+    del cfg.output[:]
+    cfg.output.extend(disk.output)
+    for key in ("heads", "heads_dir"):
+        cfg.parameters[key].CopyFrom(disk.parameters[key])
+    return MessageToJson(cfg, preserving_proto_field_name=True)
+
+
 def _undo(
-    control: ModelControl, repo: Path, added: tuple[Path, ...], loaded: list[str], saved: dict[Path, bytes]
+    control: ModelControl, repo: Path, added: tuple[Path, ...], loaded: list[str], saved: dict[Path, bytes],
+    served_trunk: object = None,
 ) -> None:
     """Put ``repo`` and the server back: remove ``added``, restore ``saved``, unload or reload ``loaded``.
 
-    ``heads``, which served before the hot add, is reloaded from the restored files, the new
-    task's models are unloaded, and ``detect`` is reloaded last.
+    ``heads`` or ``trunk`` (in_trunk layout, with the config it served before), which served before
+    the hot add, is reloaded from the restored files, the new task's models are unloaded, and
+    ``detect`` is reloaded last.
     """
     for path in added:
         if path.exists():
@@ -114,7 +152,9 @@ def _undo(
         if model == "detect":
             continue  # reloaded below in every case
         try:
-            if model == HEADS_MODEL:
+            if model == TRUNK_MODEL:
+                control.load(model, config=_with_heads(served_trunk, repo))
+            elif not model.startswith(("head_", "detect_")):  # the shared ``heads`` model
                 control.load(model)
             else:
                 control.unload(model)

@@ -10,6 +10,12 @@ With ``heads_layout="shared"`` the per-task ``head_<task>`` models are replaced 
 model (``p3,p4,p5`` -> ``<task>_num_dets``, ... for every task) whose python backend runs only the
 heads a request asks for: the ensembles map the outputs of their tasks, so ``detect_<task>`` runs
 one head and ``detect`` all of them, in one backend process whatever the number of tasks.
+
+With ``heads_layout="in_trunk"`` the ``trunk`` model itself also hosts every head: its config lists
+``p3,p4,p5`` and ``<task>_<output>`` for every task, the ensembles are one step into ``trunk``
+mapping their tasks' outputs, and the server runs one backend process in all. Its dynamic batcher
+(always on, delay 0 unless set) hands the backend every queued request at once, and the backend
+runs them side by side on ``request_workers`` threads (onnxruntime releases the GIL).
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ from shared.errors import ArtifactError, ConfigError
 
 HEAD_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
 HEADS_MODEL = "heads"  # the one model hosting every head (shared layout)
+TRUNK_MODEL = "trunk"
+IN_TRUNK_HEADS_DIR = "heads"  # in_trunk layout: trunk/heads/<generation>/<task>.onnx
 _BACKENDS = ("python", "onnxruntime")
-HEADS_LAYOUTS = ("per_task", "shared")
+HEADS_LAYOUTS = ("per_task", "shared", "in_trunk")
+#: Layout-dependent defaults: onnxruntime intra-op threads of a trunk instance.
+TRUNK_THREADS = {"per_task": 2, "shared": 2, "in_trunk": 1}
 
 
 @dataclass(frozen=True)
@@ -46,14 +56,18 @@ class RepositoryOptions:
         max_queue_delay_us: Dynamic batcher's maximum wait for a fuller batch.
         trunk_instances: Instances of the trunk model.
         head_instances: Instances of each head model.
-        trunk_threads: onnxruntime intra-op threads per trunk instance.
+        trunk_threads: onnxruntime intra-op threads per trunk instance (0: the layout's default,
+            :data:`TRUNK_THREADS`: 2, or 1 in ``in_trunk`` where requests run side by side).
         head_threads: onnxruntime intra-op threads per head instance.
         tensorrt: onnxruntime backend only: add the TensorRT execution accelerator.
         tensorrt_precision: ``"FP16"`` or ``"FP32"`` for the TensorRT accelerator.
         heads_layout: ``"per_task"`` (one ``head_<task>`` model per task: hot-adding loads only the
             new head) or ``"shared"`` (python backend only: one ``heads`` model hosting every head,
             one backend process whatever the number of tasks; hot-adding reloads ``heads``, never
-            the trunk). See ``docs/benchmarks.md`` for what each costs.
+            the trunk) or ``"in_trunk"`` (python backend only: the ``trunk`` model hosts every
+            head, one backend process in all; hot-adding reloads ``trunk``, whose old process
+            serves until the new one is ready). See ``docs/benchmarks.md`` for what each costs.
+        request_workers: ``in_trunk`` only: requests one trunk instance runs side by side.
     """
 
     backend: str = "python"
@@ -63,13 +77,18 @@ class RepositoryOptions:
     max_queue_delay_us: int = 100
     trunk_instances: int = 1
     head_instances: int = 1
-    trunk_threads: int = 2  # platform notes: trunk 2 threads, heads 1, spinning off
+    trunk_threads: int = 0  # 0: the layout's default (TRUNK_THREADS); heads 1, spinning off
     head_threads: int = 1
     tensorrt: bool = False
     tensorrt_precision: str = "FP16"
     heads_layout: str = "per_task"
+    request_workers: int = 2
 
     def __post_init__(self) -> None:
+        if self.heads_layout not in HEADS_LAYOUTS:
+            raise ConfigError(f"heads_layout must be one of {HEADS_LAYOUTS}, got {self.heads_layout!r}")
+        if self.trunk_threads == 0:
+            object.__setattr__(self, "trunk_threads", TRUNK_THREADS[self.heads_layout])
         if self.backend not in _BACKENDS:
             raise ConfigError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
         if self.max_batch_size < 1:
@@ -79,18 +98,17 @@ class RepositoryOptions:
                 f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in "
                 f"[1, max_batch_size={self.max_batch_size}]"
             )
-        if min(self.trunk_instances, self.head_instances, self.trunk_threads, self.head_threads) < 1:
-            raise ConfigError("instance counts and thread counts must be >= 1")
+        if min(self.trunk_instances, self.head_instances, self.trunk_threads, self.head_threads,
+               self.request_workers) < 1:
+            raise ConfigError("instance, thread and request-worker counts must be >= 1")
         if self.tensorrt and self.backend != "onnxruntime":
             raise ConfigError(
                 "tensorrt=True needs backend='onnxruntime' (the python backend runs CPU onnxruntime)"
             )
-        if self.heads_layout not in HEADS_LAYOUTS:
-            raise ConfigError(f"heads_layout must be one of {HEADS_LAYOUTS}, got {self.heads_layout!r}")
-        if self.heads_layout == "shared" and self.backend != "python":
+        if self.heads_layout != "per_task" and self.backend != "python":
             raise ConfigError(
-                "heads_layout='shared' needs backend='python' (the native onnxruntime backend has no "
-                "per-model process to share; keep one head_<task> model per task there)"
+                f"heads_layout={self.heads_layout!r} needs backend='python' (the native onnxruntime backend "
+                "has no per-model process to share; keep one head_<task> model per task there)"
             )
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision must be FP16 or FP32, got {self.tensorrt_precision!r}")
@@ -148,6 +166,8 @@ def trunk_config(
     opts: RepositoryOptions,
     live_version: int | None = None,
     sha256: dict[int, str] | None = None,
+    heads: list[HeadArtifact] | None = None,
+    heads_generation: int = 1,
 ) -> mc.ModelConfig:
     """Config of ``trunk``: one version per admitted variant; ``live_version`` pins one (else latest).
 
@@ -159,11 +179,22 @@ def trunk_config(
         live_version: Pin this version live (``None``: the latest).
         sha256: Version number -> sha256 of its ``model.onnx``; recorded as the JSON parameter
             ``sha256_by_version``, which the python backend checks when it loads a version.
+        heads: ``in_trunk`` layout: the heads the trunk hosts (outputs ``<task>_<output>``, files
+            in ``trunk/heads/<heads_generation>/``).
+        heads_generation: ``in_trunk`` layout: the directory of the live head files.
     """
-    cfg = _leaf("trunk", opts, opts.trunk_instances, opts.trunk_threads)
+    cfg = _leaf(TRUNK_MODEL, opts, opts.trunk_instances, opts.trunk_threads)
     _tensor(cfg.input, "images", mc.TYPE_UINT8, [3, input_size, input_size])
     for name, dims in feature_dims(input_size, channels).items():
         _tensor(cfg.output, name, mc.TYPE_FP32, dims)
+    if opts.heads_layout == "in_trunk":
+        if not heads:
+            raise ArtifactError("the in_trunk layout's 'trunk' needs at least one head; add a task first")
+        add_heads(cfg, heads)
+        cfg.parameters["heads_dir"].string_value = f"{IN_TRUNK_HEADS_DIR}/{heads_generation}"
+        cfg.parameters["request_workers"].string_value = str(opts.request_workers)
+        if not opts.dynamic_batching:  # the batcher hands queued requests to the request workers
+            cfg.dynamic_batching.SetInParent()
     if live_version is None:
         cfg.version_policy.latest.num_versions = 1
     else:
@@ -205,13 +236,23 @@ def heads_config(heads: list[HeadArtifact], channels: dict[str, int], opts: Repo
     cfg = _leaf(HEADS_MODEL, opts, opts.head_instances, opts.head_threads)
     for name, dims in feature_dims(heads[0].input_size, channels).items():
         _tensor(cfg.input, name, mc.TYPE_FP32, dims)
+    add_heads(cfg, heads)
+    cfg.version_policy.latest.num_versions = 1
+    cfg.parameters["input_size"].string_value = str(heads[0].input_size)
+    return cfg
+
+
+def add_heads(cfg: mc.ModelConfig, heads: list[HeadArtifact]) -> None:
+    """Outputs ``<task>_<output>`` of every head and the ``heads`` parameter (JSON task -> sha256)."""
     for head in sorted(heads, key=lambda h: h.task):
         for name, (dtype, dims) in head_output_dims(head.max_dets).items():
             _tensor(cfg.output, f"{head.task}_{name}", dtype, dims)
-    cfg.version_policy.latest.num_versions = 1
     cfg.parameters["heads"].string_value = json.dumps({h.task: h.sha256 for h in sorted(heads, key=lambda h: h.task)})
-    cfg.parameters["input_size"].string_value = str(heads[0].input_size)
-    return cfg
+
+
+def heads_host(opts: RepositoryOptions) -> str | None:
+    """The model hosting every head (``heads`` or ``trunk``), ``None`` for one ``head_<task>`` per task."""
+    return {"shared": HEADS_MODEL, "in_trunk": TRUNK_MODEL}.get(opts.heads_layout)
 
 
 def set_task_parameters(cfg: mc.ModelConfig, head: HeadArtifact) -> None:
@@ -233,7 +274,7 @@ def ensemble_config(
     heads: dict[str, int],
     max_batch_size: int,
     prefix_outputs: bool,
-    shared_heads: bool = False,
+    host: str | None = None,
 ) -> mc.ModelConfig:
     """Ensemble ``images -> trunk -> head(s)`` for every task in ``heads`` (task -> max_dets).
 
@@ -243,28 +284,30 @@ def ensemble_config(
         heads: Task name -> K of that head.
         max_batch_size: As the composing models.
         prefix_outputs: Name outputs ``<task>_<output>`` (fan-out) instead of ``<output>``.
-        shared_heads: One step into the ``heads`` model mapping only these tasks' outputs (shared
-            layout) instead of one step per ``head_<task>``.
+        host: The model hosting every head (:func:`heads_host`): one step into it mapping only
+            these tasks' outputs (``heads``: after the trunk step; ``trunk``: the only step),
+            ``None``: one step per ``head_<task>``.
     """
     if not heads:
         raise ArtifactError(f"ensemble '{name}' needs at least one head; add a task first")
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
     _tensor(cfg.input, "images", mc.TYPE_UINT8, [3, input_size, input_size])
     trunk = cfg.ensemble_scheduling.step.add()
-    trunk.model_name, trunk.model_version = "trunk", -1
+    trunk.model_name, trunk.model_version = TRUNK_MODEL, -1
     trunk.input_map["images"] = "images"
-    for feat in FEATURE_STRIDES:
-        trunk.output_map[feat] = f"_{feat}"
-    step = None
+    if host != TRUNK_MODEL:
+        for feat in FEATURE_STRIDES:
+            trunk.output_map[feat] = f"_{feat}"
+    step = trunk if host == TRUNK_MODEL else None
     for task, max_dets in sorted(heads.items()):
-        if step is None or not shared_heads:
+        if step is None or host is None:
             step = cfg.ensemble_scheduling.step.add()
-            step.model_name, step.model_version = HEADS_MODEL if shared_heads else f"head_{task}", -1
+            step.model_name, step.model_version = host or f"head_{task}", -1
             for feat in FEATURE_STRIDES:
                 step.input_map[feat] = f"_{feat}"
         for out, (dtype, dims) in head_output_dims(max_dets).items():
             ens_name = f"{task}_{out}" if prefix_outputs else out
-            step.output_map[f"{task}_{out}" if shared_heads else out] = ens_name
+            step.output_map[f"{task}_{out}" if host else out] = ens_name
             _tensor(cfg.output, ens_name, dtype, dims)
     cfg.parameters["tasks"].string_value = json.dumps(sorted(heads))
     return cfg

@@ -14,6 +14,9 @@ Layout::
 With ``heads_layout="shared"`` (python backend) the ``head_<task>`` models are replaced by one
 ``heads/<v>/<task>.onnx ... + model.py`` model hosting every head; a hot-add writes version
 ``v + 1`` holding every head and the live version moves to it when ``heads`` is reloaded.
+With ``heads_layout="in_trunk"`` (python backend) there are no head models at all: the head files
+lie in ``trunk/heads/<g>/<task>.onnx`` and ``trunk`` serves their outputs too; a hot-add writes
+generation ``g + 1`` holding every head and ``trunk`` is reloaded onto it.
 Every ``detect_<task>`` config carries its task's metadata (``classes``, ``max_dets``, ...).
 
 Every write is atomic: whole builds go to a sibling temp directory swapped in by rename; model
@@ -33,8 +36,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from serving import model_configs as mcfg
 from serving.artifacts import (
+    FEATURE_STRIDES,
     HeadArtifact,
     check_compatible,
     check_head,
@@ -79,7 +85,7 @@ def build_repository(
     max_queue_delay_us: int = 100,
     trunk_instances: int = 1,
     head_instances: int = 1,
-    trunk_threads: int = 2,
+    trunk_threads: int = 0,
     head_threads: int = 1,
     tensorrt: bool = False,
     live_variant: str | None = None,
@@ -101,7 +107,7 @@ def build_repository(
         max_queue_delay_us: Dynamic batcher's queue delay.
         trunk_instances: Trunk instance count.
         head_instances: Instance count of each head.
-        trunk_threads: onnxruntime intra-op threads per trunk instance.
+        trunk_threads: onnxruntime intra-op threads per trunk instance (0: the layout's default).
         head_threads: onnxruntime intra-op threads per head instance.
         tensorrt: Add the TensorRT accelerator (onnxruntime backend only).
         live_variant: Pin this variant live (``version_policy specific``) instead of the latest.
@@ -151,8 +157,12 @@ def build_repository(
             verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
             _place_leaf(trunk.onnx, tmp / "trunk" / str(version), opts)
         shas = {v: by_variant[n].sha256 for v, n in versions.items()}  # checked by the backend at load
+        in_trunk = opts.heads_layout == "in_trunk"
+        if in_trunk:
+            _write_head_files(tmp / "trunk" / mcfg.IN_TRUNK_HEADS_DIR / "1", heads, {})
         mcfg.write_config(
-            mcfg.trunk_config(input_size, channels, versions, opts, live, sha256=shas), tmp / "trunk/config.pbtxt"
+            mcfg.trunk_config(input_size, channels, versions, opts, live, shas, heads if in_trunk else None),
+            tmp / "trunk/config.pbtxt",
         )
         if opts.heads_layout == "shared":
             _write_shared_heads(tmp / mcfg.HEADS_MODEL, 1, heads, channels, opts, {})
@@ -176,7 +186,8 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
     Safe while the server runs in explicit model-control mode: nothing is loaded until the caller
     loads :func:`hot_add_models` in order, e.g. ``head_x``, ``detect_x``, ``detect`` (per-task
     layout) or ``heads``, ``detect_x``, ``detect`` (shared layout: a new ``heads`` version holding
-    every head, the previous version's files copied, the new one verified).
+    every head, the previous version's files copied, the new one verified) or ``trunk``,
+    ``detect_x``, ``detect`` (in_trunk layout: a new generation of head files, same copying).
 
     Args:
         repo: An existing repository made by :func:`build_repository`.
@@ -196,13 +207,18 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
     input_size, channels = int(build["input_size"]), {k: int(v) for k, v in build["channels"].items()}
     head = read_head(workdir, task)
     check_head(head, input_size, channels)
-    others: dict[str, HeadArtifact] = {}  # shared layout: the served heads kept beside the new one
-    if opts.heads_layout == "shared":
-        others = {h.task: h for h in _served_heads(repo) if h.task != task}
-        heads_dir = repo / mcfg.HEADS_MODEL
-        previous = live_heads_version(repo)
-        _write_shared_heads(heads_dir, previous + 1, [*others.values(), head], channels, opts,
-                            {t: h.onnx for t, h in others.items()})
+    others: dict[str, HeadArtifact] = {}  # shared / in_trunk layout: the served heads kept beside the new one
+    host = mcfg.heads_host(opts)
+    if host is not None:
+        others = {h.task: h for h in _served_heads(repo, opts) if h.task != task}
+        heads_dir = heads_root(repo, opts)
+        previous = live_heads_version(repo, opts)
+        heads, served = [*others.values(), head], {t: h.onnx for t, h in others.items()}
+        if host == mcfg.HEADS_MODEL:
+            _write_shared_heads(heads_dir, previous + 1, heads, channels, opts, served)
+        else:
+            _write_head_files(heads_dir / str(previous + 1), heads, served)
+            _set_trunk_heads(repo, heads, previous + 1)
         for old in heads_dir.iterdir():  # keep the previous version only (restored on a failed load)
             if old.is_dir() and old.name.isdigit() and int(old.name) < previous:
                 shutil.rmtree(old, ignore_errors=True)
@@ -215,7 +231,7 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
             _swap_dir(model_dir, repo / model_dir.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if opts.heads_layout == "shared":
+    if host is not None:
         heads = {t: h.max_dets for t, h in others.items()} | {task: head.max_dets}
     else:
         heads = {}
@@ -231,8 +247,7 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
 
 def hot_add_models(opts: mcfg.RepositoryOptions, task: str) -> tuple[str, ...]:
     """The models to load, in order, after :func:`add_task_to_repository` wrote ``task``."""
-    first = mcfg.HEADS_MODEL if opts.heads_layout == "shared" else f"head_{task}"
-    return (first, f"detect_{task}", "detect")
+    return (mcfg.heads_host(opts) or f"head_{task}", f"detect_{task}", "detect")
 
 
 def read_options(repo: Path) -> mcfg.RepositoryOptions:
@@ -244,10 +259,17 @@ def read_options(repo: Path) -> mcfg.RepositoryOptions:
     return _options(_read_build(Path(repo)))
 
 
-def live_heads_version(repo: Path) -> int:
-    """Highest version directory of the shared ``heads`` model (the live one; 0 if none)."""
-    root = Path(repo) / mcfg.HEADS_MODEL
+def live_heads_version(repo: Path, opts: mcfg.RepositoryOptions) -> int:
+    """Highest version (shared layout) or generation (in_trunk) of the head files: the live one; 0 if none."""
+    root = heads_root(Path(repo), opts)
     return max((int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()), default=0)
+
+
+def heads_root(repo: Path, opts: mcfg.RepositoryOptions) -> Path:
+    """``heads/`` (shared layout: its versions) or ``trunk/heads/`` (in_trunk: generations of head files)."""
+    if opts.heads_layout == "in_trunk":
+        return repo / mcfg.TRUNK_MODEL / mcfg.IN_TRUNK_HEADS_DIR
+    return repo / mcfg.HEADS_MODEL
 
 
 def _options(build: dict) -> mcfg.RepositoryOptions:
@@ -256,13 +278,13 @@ def _options(build: dict) -> mcfg.RepositoryOptions:
     )
 
 
-def _served_heads(repo: Path) -> list[HeadArtifact]:
-    """The heads a shared-layout repository serves.
+def _served_heads(repo: Path, opts: mcfg.RepositoryOptions) -> list[HeadArtifact]:
+    """The heads a shared- or in_trunk-layout repository serves.
 
-    Files are the live ``heads`` version's; metadata comes from the ``detect_<task>`` configs.
+    Files are the live version's (generation's); metadata comes from the ``detect_<task>`` configs.
     """
-    cfg = mcfg.read_config(repo / mcfg.HEADS_MODEL / "config.pbtxt")
-    version_dir = repo / mcfg.HEADS_MODEL / str(live_heads_version(repo))
+    cfg = mcfg.read_config(repo / mcfg.heads_host(opts) / "config.pbtxt")
+    version_dir = heads_root(repo, opts) / str(live_heads_version(repo, opts))
     heads = []
     for task, sha in json.loads(cfg.parameters["heads"].string_value).items():
         p = mcfg.read_config(repo / f"detect_{task}" / "config.pbtxt").parameters
@@ -359,25 +381,48 @@ def _write_shared_heads(
     opts: mcfg.RepositoryOptions,
     served_files: dict[str, Path],
 ) -> None:
-    """Write version ``version`` of the shared ``heads`` model (every head) and its config.
+    """Write version ``version`` of the shared ``heads`` model (:func:`_write_head_files`) and its config."""
+    _write_head_files(model_dir / str(version), heads, served_files, with_backend=True)
+    mcfg.write_config(mcfg.heads_config(heads, channels, opts), model_dir / "config.pbtxt")
 
-    The version directory is written beside and renamed into place before the config names it.
-    ``served_files`` (task -> file of the previous version) are copied as they are served;
-    the other heads come from the workspace, verified against their sha256.
+
+def _write_head_files(
+    out: Path, heads: list[HeadArtifact], served_files: dict[str, Path], with_backend: bool = False
+) -> None:
+    """Write directory ``out`` holding ``<task>.onnx`` of every head (and model.py if ``with_backend``).
+
+    The directory is written beside and renamed into place, so a config naming it never sees it
+    half-written. ``served_files`` (task -> file served now) are copied as they are served; the
+    other heads come from the workspace, verified against their sha256.
     """
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         for head in heads:
             source = served_files.get(head.task, head.onnx)
             verify_sha256(source, head.sha256, f"re-export the head with `polyhead export --task {head.task}`")
             shutil.copy2(source, tmp / f"{head.task}.onnx")
-        shutil.copy2(BACKEND_MODEL_PY, tmp / "model.py")
-        precompile_backend(tmp)
-        _swap_dir(tmp, model_dir / str(version))
+        if with_backend:
+            shutil.copy2(BACKEND_MODEL_PY, tmp / "model.py")
+            precompile_backend(tmp)
+        _swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    mcfg.write_config(mcfg.heads_config(heads, channels, opts), model_dir / "config.pbtxt")
+
+
+def _set_trunk_heads(repo: Path, heads: list[HeadArtifact], generation: int) -> None:
+    """Rewrite ``trunk/config.pbtxt`` (in_trunk layout) to serve ``heads`` from ``generation``; other fields kept."""
+    path = repo / mcfg.TRUNK_MODEL / "config.pbtxt"
+    cfg = mcfg.read_config(path)
+    features = [o for o in cfg.output if o.name in FEATURE_STRIDES]
+    fresh = mc.ModelConfig()
+    fresh.output.extend(features)
+    mcfg.add_heads(fresh, heads)
+    del cfg.output[:]
+    cfg.output.extend(fresh.output)
+    cfg.parameters["heads"].CopyFrom(fresh.parameters["heads"])
+    cfg.parameters["heads_dir"].string_value = f"{mcfg.IN_TRUNK_HEADS_DIR}/{generation}"
+    mcfg.write_config(cfg, path)
 
 
 def _write_task_ensemble(root: Path, head: HeadArtifact, opts: mcfg.RepositoryOptions) -> None:
@@ -388,7 +433,7 @@ def _write_task_ensemble(root: Path, head: HeadArtifact, opts: mcfg.RepositoryOp
         {head.task: head.max_dets},
         opts.max_batch_size,
         prefix_outputs=False,
-        shared_heads=opts.heads_layout == "shared",
+        host=mcfg.heads_host(opts),
     )
     mcfg.set_task_parameters(ens, head)
     (root / f"detect_{head.task}" / "1").mkdir(parents=True, exist_ok=True)
@@ -399,8 +444,7 @@ def _write_fanout(root: Path, heads: dict[str, int], input_size: int, opts: mcfg
     """Write the fan-out ensemble ``detect`` (config replaced atomically)."""
     (root / "detect" / "1").mkdir(parents=True, exist_ok=True)
     cfg = mcfg.ensemble_config(
-        "detect", input_size, heads, opts.max_batch_size, prefix_outputs=True,
-        shared_heads=opts.heads_layout == "shared",
+        "detect", input_size, heads, opts.max_batch_size, prefix_outputs=True, host=mcfg.heads_host(opts)
     )
     mcfg.write_config(cfg, root / "detect" / "config.pbtxt")
 
@@ -447,7 +491,7 @@ def _summary(
     path: Path, versions: dict[int, str], tasks: tuple[str, ...], size: int, opts: mcfg.RepositoryOptions
 ) -> RepositorySummary:
     tasks = tuple(sorted(tasks))
-    leaves = (mcfg.HEADS_MODEL,) if opts.heads_layout == "shared" else tuple(f"head_{t}" for t in tasks)
+    leaves = {"shared": (mcfg.HEADS_MODEL,), "in_trunk": ()}.get(opts.heads_layout, tuple(f"head_{t}" for t in tasks))
     models = ("trunk", *leaves, *(f"detect_{t}" for t in tasks), "detect")
     return RepositorySummary(
         path=path, trunk_versions=versions, tasks=tasks, models=models, input_size=size, options=opts

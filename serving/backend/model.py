@@ -6,24 +6,30 @@ the outputs a request asks for, runs all requests of one ``execute`` call as one
 per-item shape) and answers failures with a ``TritonError`` response instead of raising, so the
 stub process never dies on a bad request.
 
-Two shapes of leaf:
+Three shapes of leaf:
 
 - one graph (``trunk``, ``head_<task>``): ``model.onnx``, config outputs named as in the graph;
 - a heads host (``heads``, the shared heads layout): the config parameter ``heads`` is JSON
   ``{"<task>": "<sha256>"}``; ``<task>.onnx`` is loaded per task and served as outputs
   ``<task>_<output>``. Only the tasks whose outputs a request names are run, so an ensemble step
-  that maps one task's outputs runs one head, and the fan-out runs them all, in one process.
+  that maps one task's outputs runs one head, and the fan-out runs them all, in one process;
+- a trunk hosting the heads (the in_trunk layout): ``model.onnx`` plus ``heads`` whose files lie in
+  ``<model dir>/<heads_dir>``; the heads read the trunk's outputs ``p3,p4,p5``, which the trunk
+  computes whenever a request asks for them or for a head's outputs.
 
-Config parameters read (all optional): ``intra_op_num_threads`` (default 1); ``sha256`` (a head's
-file) or ``sha256_by_version`` (JSON ``{"<version>": sha256}``, the trunk's versions) or the
-per-task sha256 of ``heads``: ``initialize`` hashes each file it loads and refuses one that changed
-after the repository was built.
+Config parameters read (all optional): ``intra_op_num_threads`` (default 1); ``request_workers``
+(default 1: more runs the requests of one ``execute`` side by side on that many threads, each alone,
+instead of as one batch); ``heads_dir`` (see above); ``sha256`` (a head's file) or
+``sha256_by_version`` (JSON ``{"<version>": sha256}``, the trunk's versions) or the per-task sha256
+of ``heads``: ``initialize`` hashes each file it loads and refuses one that changed after the
+repository was built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,29 +49,32 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name = f"{args['model_name']}:{args['model_version']}"
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
-        if not (version_dir / "model.onnx").is_file():
-            version_dir = Path(__file__).resolve().parent
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         model, version = args["model_name"], str(args["model_version"])
-        # parts: (session, served output name -> graph output name)
+        # parts, in run order: (session, served output name -> graph output name); a part's inputs
+        # are the request's inputs or the served outputs of the parts before it
         self.parts: list[tuple[ort.InferenceSession, dict[str, str]]] = []
-        for path, expected, prefix in _graph_files(version_dir, params, version):
+        for path, expected, prefix in _graph_files(version_dir, Path(args["model_repository"]), params, version):
             _verify_sha256(path, expected, model, version)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.parts.append((session, {f"{prefix}{o.name}": o.name for o in session.get_outputs()}))
         self.batched = int(config.get("max_batch_size", 0)) > 0
+        workers = int(params.get("request_workers", "1") or 1)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="polyhead") if workers > 1 else None
         self.input_names = [i["name"] for i in config["input"]]
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
         }
         served = {name for _, names in self.parts for name in names}
         missing = set(self.output_dtypes) - served
-        for session, _ in self.parts:
-            missing |= set(self.input_names) - {i.name for i in session.get_inputs()}
+        available = set(self.input_names)
+        for session, names in self.parts:
+            missing |= {i.name for i in session.get_inputs()} - available
+            available |= set(names)
         if missing:
             raise pb_utils.TritonModelException(
                 f"{self.name}: config names {sorted(missing)} that the ONNX files in {version_dir} do not "
@@ -90,10 +99,13 @@ class TritonPythonModel:
                 responses[idx] = _error(f"{self.name}: {err}")
                 continue
             # unbatched models run each request alone; batched ones group by per-item shape
-            key = tuple(feeds[n].shape[1:] for n in self.input_names) if self.batched else (idx,)
+            key = tuple(feeds[n].shape[1:] for n in self.input_names) if self.batched and not self.pool else (idx,)
             groups.setdefault(key, []).append((idx, feeds))
-        for members in groups.values():
-            self._run_group(requests, members, responses)
+        if self.pool is None or len(groups) == 1:
+            for members in groups.values():
+                self._run_group(requests, members, responses)
+        else:  # one request per worker: onnxruntime releases the GIL, so requests run side by side
+            list(self.pool.map(lambda members: self._run_group(requests, members, responses), groups.values()))
         return responses
 
     def _inputs(self, request) -> dict[str, np.ndarray]:  # noqa: ANN001 (pb_utils type)
@@ -107,19 +119,17 @@ class TritonPythonModel:
         return feeds
 
     def _run_group(self, requests: list, members: list, responses: list) -> None:
-        """Concatenate ``members``' inputs, run the session once, split and fill ``responses``."""
+        """Concatenate ``members``' inputs, run the planned parts once, split and fill ``responses``."""
         wanted: list[str] = []
         for idx, _ in members:
             for name in requests[idx].requested_output_names() or list(self.output_dtypes):
                 if name not in wanted:
                     wanted.append(name)
         try:
-            feeds = {n: np.concatenate([f[n] for _, f in members]) for n in self.input_names}
-            outputs = {}
-            for session, names in self.parts:
-                asked = [n for n in wanted if n in names]
-                if asked:
-                    outputs.update(zip(asked, session.run([names[n] for n in asked], feeds), strict=True))
+            outputs = {n: np.concatenate([f[n] for _, f in members]) for n in self.input_names}
+            for session, names, fetch in self._plan(tuple(wanted)):
+                feeds = {i.name: outputs[i.name] for i in session.get_inputs()}
+                outputs.update(zip(fetch, session.run([names[n] for n in fetch], feeds), strict=True))
         except Exception as err:  # noqa: BLE001 (every failure becomes a response, never a crash)
             for idx, _ in members:
                 responses[idx] = _error(f"{self.name}: onnxruntime failed: {err}")
@@ -135,26 +145,51 @@ class TritonPythonModel:
             responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += size
 
+    def _plan(self, wanted: tuple[str, ...]) -> list[tuple[ort.InferenceSession, dict[str, str], list[str]]]:
+        """The parts to run for outputs ``wanted``, in order, each with the served outputs to fetch.
+
+        A part runs if it serves a wanted output or one a later running part reads (the trunk's
+        features when a head is asked); parts with nothing to fetch are skipped.
+        """
+        plan, needed = [], set(wanted)
+        for session, names in reversed(self.parts):
+            fetch = [n for n in names if n in needed]
+            if fetch:
+                plan.append((session, names, fetch))
+                needed |= {i.name for i in session.get_inputs()}
+        return plan[::-1]
+
     def finalize(self) -> None:
         """Release the onnxruntime sessions."""
         self.parts = []
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
-def _graph_files(version_dir: Path, params: dict[str, str], version: str) -> list[tuple[Path, str | None, str]]:
-    """``(path, expected sha256 or None, served output prefix)`` of every ONNX file to load.
+def _graph_files(
+    version_dir: Path, model_dir: Path, params: dict[str, str], version: str
+) -> list[tuple[Path, str | None, str]]:
+    """``(path, expected sha256 or None, served output prefix)`` of every ONNX file to load, in run order.
+
+    ``model.onnx`` of the version first (if the version has one), then the ``heads`` files from
+    ``model_dir / heads_dir`` (default: the version directory).
 
     Raises:
         pb_utils.TritonModelException: If the ``heads`` parameter is not a JSON object.
     """
+    files = []
+    if (version_dir / "model.onnx").is_file() or not params.get("heads"):
+        files.append((version_dir / "model.onnx", expected_sha256(params, version), ""))
     if not params.get("heads"):
-        return [(version_dir / "model.onnx", expected_sha256(params, version), "")]
+        return files
     try:
         heads = json.loads(params["heads"])
     except json.JSONDecodeError as err:
         raise pb_utils.TritonModelException(f"parameter heads is not JSON ({err})") from None
     if not isinstance(heads, dict) or not heads:
         raise pb_utils.TritonModelException("parameter heads must map task -> sha256 (at least one task)")
-    return [(version_dir / f"{task}.onnx", sha or None, f"{task}_") for task, sha in sorted(heads.items())]
+    heads_dir = model_dir / params["heads_dir"] if params.get("heads_dir") else version_dir
+    return files + [(heads_dir / f"{task}.onnx", sha or None, f"{task}_") for task, sha in sorted(heads.items())]
 
 
 def expected_sha256(params: dict[str, str], version: str) -> str | None:
@@ -201,7 +236,7 @@ def _verify_sha256(path: Path, expected: str | None, model: str, version: str) -
     actual = digest.hexdigest()
     if actual != expected:
         what = "trunk variant (`polyhead train` or `polyhead compress`)"
-        if model.startswith("head_") or model == "heads":
+        if model.startswith("head_") or path.name != "model.onnx":  # head_<task>, or a file <task>.onnx
             head = model[5:] if model.startswith("head_") else path.stem
             what = f"head '{head}' (`polyhead add-task` or `polyhead train`)"
         raise pb_utils.TritonModelException(

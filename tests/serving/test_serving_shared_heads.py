@@ -1,4 +1,7 @@
-"""The shared heads layout: one ``heads`` model hosts every head (one backend process for any N)."""
+"""Hosted heads: one ``heads`` model (shared layout) or the ``trunk`` itself (in_trunk) hosts every head.
+
+Shared: two backend processes for any N; in_trunk: one.
+"""
 
 import time
 
@@ -13,7 +16,7 @@ from serving.client_core import prepare_batch
 from serving.hot_add import TritonHotAdd
 from serving.loadgen import BackgroundTraffic
 from serving.process import group_processes
-from serving.repository import add_task_to_repository, build_repository, live_heads_version
+from serving.repository import add_task_to_repository, build_repository, live_heads_version, read_options
 from serving.server import EmbeddedTriton, free_port
 from shared.errors import ConfigError
 
@@ -33,6 +36,10 @@ def assert_same(got: dict, ref: dict) -> None:
     np.testing.assert_array_equal(got["classes"], ref["classes"])
     np.testing.assert_allclose(got["boxes"], ref["boxes"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["scores"], ref["scores"], rtol=1e-5, atol=1e-5)
+
+
+#: layout -> (backend processes plus tritonserver, directory of the live head files' generations)
+HOSTED = {"shared": (3, "heads"), "in_trunk": (2, "trunk/heads")}
 
 
 def infer(url: str, model: str, batch: np.ndarray) -> grpcclient.InferResult:
@@ -58,34 +65,66 @@ def test_shared_layout_has_one_heads_model_and_ensembles_map_only_their_task(wor
     assert set(fan.ensemble_scheduling.step[1].output_map) == {f"{t}_{o}" for t in fakes.TASKS for o in OUTS}
 
 
-def test_shared_layout_needs_the_python_backend(workspace):
-    with pytest.raises(ConfigError, match="heads_layout='shared' needs backend='python'"):
-        build_repository(workspace, backend="onnxruntime", heads_layout="shared")
+def test_in_trunk_layout_serves_heads_from_the_trunk_model_with_one_step_ensembles(workspace, fakes):
+    summary = build_repository(workspace, heads_layout="in_trunk")
+    repo = summary.path
+    assert summary.models == ("trunk", *(f"detect_{t}" for t in sorted(fakes.TASKS)), "detect")
+    assert not list(repo.glob("head*"))
+    trunk = mcfg.read_config(repo / "trunk" / "config.pbtxt")
+    assert {o.name for o in trunk.output} == {"p3", "p4", "p5"} | {f"{t}_{o}" for t in fakes.TASKS for o in OUTS}
+    assert trunk.parameters["heads_dir"].string_value == "heads/1"
+    assert trunk.parameters["intra_op_num_threads"].string_value == "1"  # requests run side by side instead
+    assert trunk.parameters["request_workers"].string_value == "2" and trunk.HasField("dynamic_batching")
+    files = sorted(p.name for p in (repo / "trunk" / "heads" / "1").glob("*.onnx"))
+    assert files == sorted(f"{t}.onnx" for t in fakes.TASKS)
+    one = mcfg.read_config(repo / "detect_cars" / "config.pbtxt")
+    assert [s.model_name for s in one.ensemble_scheduling.step] == ["trunk"]
+    assert dict(one.ensemble_scheduling.step[0].output_map) == {f"cars_{o}": o for o in OUTS}
+    fan = mcfg.read_config(repo / "detect" / "config.pbtxt")
+    assert [s.model_name for s in fan.ensemble_scheduling.step] == ["trunk"]
+    assert set(fan.ensemble_scheduling.step[0].output_map) == {f"{t}_{o}" for t in fakes.TASKS for o in OUTS}
+
+
+@pytest.mark.parametrize("layout", ["shared", "in_trunk"])
+def test_hosted_layouts_need_the_python_backend(workspace, layout):
+    with pytest.raises(ConfigError, match=f"heads_layout='{layout}' needs backend='python'"):
+        build_repository(workspace, backend="onnxruntime", heads_layout=layout)
     with pytest.raises(ConfigError, match="heads_layout must be one of"):
         build_repository(workspace, heads_layout="fused")
 
 
-def test_add_task_writes_a_new_heads_version_and_keeps_only_the_previous(workspace, fakes):
-    repo = build_repository(workspace, heads_layout="shared").path
+@pytest.mark.parametrize("layout", ["shared", "in_trunk"])
+def test_add_task_writes_a_new_heads_version_and_keeps_only_the_previous(workspace, fakes, layout):
+    repo = build_repository(workspace, heads_layout=layout).path
+    host = mcfg.heads_host(read_options(repo))
+    root = repo / HOSTED[layout][1]
     for i, task in enumerate(("boats", "planes")):
         fakes.export_head(workspace, task, ["a", "b"], seed=50 + i)
         summary = add_task_to_repository(repo, workspace, task)
-        assert task in summary.tasks and live_heads_version(repo) == i + 2
-    assert sorted(int(p.name) for p in (repo / "heads").iterdir() if p.name.isdigit()) == [2, 3]
-    outs = {o.name for o in mcfg.read_config(repo / "heads" / "config.pbtxt").output}
+        assert task in summary.tasks and live_heads_version(repo, read_options(repo)) == i + 2
+    assert sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) == [2, 3]
+    cfg = mcfg.read_config(repo / host / "config.pbtxt")
+    outs = {o.name for o in cfg.output}
     assert {f"planes_{o}" for o in OUTS} <= outs and {f"cars_{o}" for o in OUTS} <= outs
-    assert (repo / "heads" / "3" / "boats.onnx").read_bytes() == (workspace / "heads/boats/model.onnx").read_bytes()
+    assert (root / "3" / "boats.onnx").read_bytes() == (workspace / "heads/boats/model.onnx").read_bytes()
+    if layout == "in_trunk":  # the trunk config moved to the new generation and kept its features
+        assert cfg.parameters["heads_dir"].string_value == "heads/3"
+        assert [o.name for o in cfg.output][:3] == ["p3", "p4", "p5"]
 
 
 @pytest.mark.triton
-def test_shared_heads_serve_every_task_in_two_backend_processes_and_hot_add_without_failures(tmp_path, fakes):
+@pytest.mark.parametrize("layout", ["shared", "in_trunk"])
+def test_hosted_heads_serve_every_task_in_fixed_backend_processes_and_hot_add_without_failures(
+    tmp_path, fakes, layout
+):
     work = fakes.make_workspace(tmp_path / "w")
-    repo = build_repository(work, max_batch_size=4, heads_layout="shared").path
+    repo = build_repository(work, max_batch_size=4, heads_layout=layout).path
     images = fakes.random_images(3, seed=3)
     batch, _ = prepare_batch(images, fakes.SIZE)
+    processes = HOSTED[layout][0]
     with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
-        # tritonserver + one stub for the trunk + one for every head, whatever the number of tasks
-        assert len(group_processes(server._proc.pid)) == 3
+        # shared: tritonserver + one stub for the trunk + one for every head; in_trunk: one stub in all
+        assert len(group_processes(server._proc.pid)) == processes
         for task in fakes.TASKS:
             got = infer(server.url, f"detect_{task}", batch)
             assert_same({n: got.as_numpy(n) for n in OUTS}, ort_reference(work, "small", task, batch))
@@ -106,11 +145,13 @@ def test_shared_heads_serve_every_task_in_two_backend_processes_and_hot_add_with
             time.sleep(0.3)
         assert fanout.failed == one.failed == 0, fanout.errors + one.errors
         assert fanout.ok > 2 and one.ok > 2
-        assert server.log_path.read_text().count("successfully loaded 'trunk'") == 1  # never reloaded
+        # shared: the trunk is never reloaded; in_trunk: once, onto the new heads
+        loads = server.log_path.read_text().count("successfully loaded 'trunk'")
+        assert loads == (1 if layout == "shared" else 2)
         deadline = time.monotonic() + 15  # the old heads version's stub exits after the swap
-        while len(group_processes(server._proc.pid)) > 3 and time.monotonic() < deadline:
+        while len(group_processes(server._proc.pid)) > processes and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(group_processes(server._proc.pid)) == 3  # still one heads process
+        assert len(group_processes(server._proc.pid)) == processes  # still one process hosting the heads
         with Detector(server.url) as det:
             assert task in det.tasks(refresh=True)
             [result] = det.detect(images[:1])
@@ -125,17 +166,21 @@ def _snapshot(root) -> dict:
 
 
 @pytest.mark.triton
-def test_failed_hot_add_of_a_shared_head_restores_the_repository_and_keeps_serving(tmp_path, fakes, monkeypatch):
+@pytest.mark.parametrize("layout", ["shared", "in_trunk"])
+def test_failed_hot_add_of_a_hosted_head_restores_the_repository_and_keeps_serving(
+    tmp_path, fakes, monkeypatch, layout
+):
     import serving.hot_add as hot_add
 
     work = fakes.make_workspace(tmp_path / "w")
-    repo = build_repository(work, max_batch_size=4, heads_layout="shared").path
+    repo = build_repository(work, max_batch_size=4, heads_layout=layout).path
     images = fakes.random_images(2, seed=4)
     real_add = hot_add.add_task_to_repository
 
     def add_broken_head(repo_, work_, task):  # the new head reaches the repository corrupted: its load fails
         summary = real_add(repo_, work_, task)
-        (repo_ / "heads" / str(live_heads_version(repo_)) / f"{task}.onnx").write_bytes(b"not an onnx model")
+        live = live_heads_version(repo_, read_options(repo_))
+        (repo_ / HOSTED[layout][1] / str(live) / f"{task}.onnx").write_bytes(b"not an onnx model")
         return summary
 
     monkeypatch.setattr(hot_add, "add_task_to_repository", add_broken_head)
@@ -149,6 +194,7 @@ def test_failed_hot_add_of_a_shared_head_restores_the_repository_and_keeps_servi
         with Detector(server.url) as det:
             assert det.tasks(refresh=True) == sorted(fakes.TASKS)
             assert set(det.detect(images)[0].detections) == set(fakes.TASKS)
+            assert set(det.detect(images, tasks=["cars"])[0].detections) == {"cars"}
 
 
 def test_command_line_spells_the_layout_per_task_and_passes_per_task_on():
