@@ -1,11 +1,9 @@
-"""Model repositories the serving benchmark compares against the shared-trunk ensemble ``detect``.
+"""What the serving benchmark compares the shared-trunk ensemble ``detect`` against.
 
+- :func:`replicate_workspace`: a workspace with N heads copied from a real one;
 - :func:`independent_repository`: N single-graph detectors ``full_<task>`` (trunk + head merged,
-  each its own trunk), the "N separate detectors" baseline;
-- :func:`fused_repository`: one model ``fused`` whose single ONNX graph runs the trunk once and
-  every head: the fan-out of ``detect`` in one python-backend process instead of N + 1.
-
-Both use polyhead's python backend (``serving/backend/model.py``) with the default thread settings.
+  each its own trunk), the "N separate detectors" baseline, on polyhead's python backend
+  (``serving/backend/model.py``) with the per-task layout's thread settings.
 """
 
 from __future__ import annotations
@@ -85,32 +83,3 @@ def independent_repository(ws: Workspace, out: Path, tasks: list[str], variant: 
         mcfg.write_config(cfg, out / cfg.name / "config.pbtxt")
         names.append(cfg.name)
     return names
-
-
-def fused_repository(ws: Workspace, out: Path, tasks: list[str], variant: str) -> list[str]:
-    """One model ``fused``: the trunk once feeding every head, outputs ``<task>_<output>`` like ``detect``.
-
-    Returns:
-        ``["fused"]``.
-    """
-    model = onnx.load(str(ws.variant(variant) / "model.onnx"))
-    size = int(read_json(ws.variant(variant) / "variant.json")["input_size"])
-    graph = model.graph
-    del graph.output[:]  # p3/p4/p5 become internal tensors
-    outputs = []
-    for task in tasks:
-        head = compose.add_prefix(onnx.load(str(ws.head(task) / "model.onnx")), f"{task}__")
-        names = {f"{task}__{f}": f for f in FEATURES}
-        names.update({f"{task}__{o}": f"{task}_{o}" for o in mcfg.HEAD_OUTPUTS})
-        _rename(head.graph, names)
-        graph.node.extend(head.graph.node)
-        graph.initializer.extend(head.graph.initializer)
-        graph.output.extend(head.graph.output)
-        max_dets = int(read_json(ws.head(task) / "head.json")["max_dets"])
-        outputs += [(f"{task}_{n}", dtype, dims) for n, (dtype, dims) in mcfg.head_output_dims(max_dets).items()]
-    onnx.checker.check_model(model)
-    cfg = _leaf(out, "fused", model, size)
-    for name, dtype, dims in outputs:
-        mcfg._tensor(cfg.output, name, dtype, dims)
-    mcfg.write_config(cfg, out / "fused" / "config.pbtxt")
-    return ["fused"]

@@ -2,19 +2,18 @@
 
 Both sides run on the same embedded Triton build, python backend, same ONNX weights:
 
-- shared: the fan-out ensemble ``detect`` (one trunk pass feeding N heads) with the repository's
-  heads layout ``heads_layout`` (default ``"shared"``: one ``heads`` model, two backend processes
-  for any N); the other layout (``"per_task"``: one ``head_<task>`` process per task) is measured
-  beside it as ``per_task_*`` / ``other_layout``;
+- shared: the fan-out ensemble ``detect`` (one trunk pass feeding N heads) in the heads layout
+  ``heads_layout`` (default ``"in_trunk"``: the trunk model hosts every head, one backend process);
+  every other layout (``"shared"``: one ``heads`` model, two processes; ``"per_task"``: one
+  ``head_<task>`` process per task) is measured beside it, all under ``layouts``;
 - independent: N models ``full_<i>``, each one ONNX graph trunk+head (its own trunk), all N
-  requested concurrently for every image (the best case for independent detectors: no ensemble);
-- fused (a third design, for the memory question): one model whose single ONNX graph runs the
-  trunk once and every head, i.e. ``detect``'s sharing in one backend process instead of N + 1.
+  requested concurrently for every image (the best case for independent detectors: no ensemble).
 
 Beside throughput and memory it measures, per N, the latency of one image through ``detect``
 (one request at a time) against the same computation in process (:func:`_ort_latency`: the same
-ONNX files in onnxruntime sessions with the backend's session options, trunk then every head), and,
-once, the gain of Triton's dynamic batcher for ``detect`` at concurrency 8.
+ONNX files in onnxruntime sessions with the layout's thread settings, trunk then every head), and,
+once, the gain of Triton's dynamic batcher for ``detect`` at concurrency 8 (the ``in_trunk``
+trunk batches in every case, so there the comparison is its default delay 0 against 100 us).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import onnxruntime as ort
 from tritonclient import grpc as grpcclient
 
 from serving import model_configs as mcfg
-from serving.bench_repos import fused_repository, independent_repository, replicate_workspace
+from serving.bench_repos import independent_repository, replicate_workspace
 from serving.process import group_memory_mib
 from serving.repository import build_repository
 from serving.server import EmbeddedTriton, free_port
@@ -117,13 +116,15 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _ort_latency(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, seconds: float) -> dict:
+def _ort_latency(
+    ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, seconds: float, layout: str
+) -> dict:
     """In process: the trunk on ``image`` then every head on its features, one image at a time.
 
-    The same ONNX files and thread settings as the served ``trunk`` / ``head_<task>`` models; no
-    server, no serialisation, heads run one after the other in this thread.
+    The same ONNX files and thread settings as ``layout``'s served trunk and heads; no server, no
+    serialisation, heads run one after the other in this thread.
     """
-    opts = mcfg.RepositoryOptions()
+    opts = mcfg.RepositoryOptions(heads_layout=layout)
     trunk = _session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
     heads = [_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
     names = [i.name for i in heads[0].get_inputs()]  # p3, p4, p5
@@ -158,16 +159,19 @@ def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int,
     return result
 
 
-def _row(n: int, shared: dict, independent: dict, fused: dict, ort_lat: dict, other: dict) -> dict:
-    """One result row: the issue's flat keys plus the four sides in full."""
+def _versus(side: dict, independent: dict) -> dict:
+    """One layout's figures and its ratios to the independent detectors."""
+    return {**side, "speedup": side["img_per_s"] / max(independent["img_per_s"], 1e-9),
+            "rss_fraction": side["rss_mib"] / max(independent["rss_mib"], 1e-9),
+            "pss_fraction": side["pss_mib"] / max(independent["pss_mib"], 1e-9)}
+
+
+def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, ort_lat: dict) -> dict:
+    """One result row: the issue's flat keys (the ``chosen`` layout), then every side in full."""
+    shared = layouts[chosen]
     triton_lat = shared.pop("latency")
     return {
         "tasks": n,
-        "other_layout_images_per_s": other["img_per_s"],
-        "other_layout_rss_mb": other["rss_mib"],
-        "other_layout_pss_mb": other["pss_mib"],
-        "other_layout_speedup": other["img_per_s"] / max(independent["img_per_s"], 1e-9),
-        "other_layout_rss_fraction": other["rss_mib"] / max(independent["rss_mib"], 1e-9),
         "shared_images_per_s": shared["img_per_s"],
         "independent_images_per_s": independent["img_per_s"],
         "speedup": shared["img_per_s"] / max(independent["img_per_s"], 1e-9),
@@ -184,27 +188,16 @@ def _row(n: int, shared: dict, independent: dict, fused: dict, ort_lat: dict, ot
         "independent_p95_ms": independent["p95_ms"],
         "triton_p50_ms": triton_lat["p50_ms"],
         "ort_p50_ms": ort_lat["p50_ms"],
-        "fused_images_per_s": fused["img_per_s"],
-        "fused_rss_mb": fused["rss_mib"],
-        "fused_pss_mb": fused["pss_mib"],
-        "fused_speedup": fused["img_per_s"] / max(independent["img_per_s"], 1e-9),
-        "fused_rss_fraction": fused["rss_mib"] / max(independent["rss_mib"], 1e-9),
-        "fused_pss_fraction": fused["pss_mib"] / max(independent["pss_mib"], 1e-9),
         "shared": shared,
         "independent": independent,
-        "fused": fused,
-        "other_layout": other,
+        "layouts": {name: _versus(side, independent) for name, side in layouts.items()},
     }
-
-
-def _other(layout: str) -> str:
-    return "per_task" if layout == "shared" else "shared"
 
 
 def _batching_gain(
     src: Workspace, variant: str, image: np.ndarray, concurrency: int, seconds: float, heads_layout: str
 ) -> dict:
-    """``detect`` images/s with the dynamic batcher on vs off, the workspace's own task count."""
+    """``detect`` images/s with the dynamic batcher on vs off (in_trunk: delay 0 vs 100 us), the workspace's N."""
     n = len(src.tasks())
     with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
         ws_dir = Path(tmp) / "ws"
@@ -213,6 +206,7 @@ def _batching_gain(
         for on in (False, True):
             repo = build_repository(ws_dir, Path(tmp) / f"repo-{on}", dynamic_batching=on, heads_layout=heads_layout)
             sides[on] = _measure(repo.path, ["detect"], image, concurrency, seconds)
+    # in_trunk's trunk batches with delay 0 even when off: "on" is the 100 us delay
     off, on = sides[False], sides[True]
     return {"tasks": n, "concurrency": concurrency,
             "off_images_per_s": off["img_per_s"], "on_images_per_s": on["img_per_s"],
@@ -221,7 +215,10 @@ def _batching_gain(
 
 
 def _targets(rows: list[dict], latency: dict) -> list[dict]:
-    """The issue's targets against the measured values (memory: RSS fraction, PSS beside it)."""
+    """The issue's targets against the measured values (memory: RSS fraction, PSS beside it).
+
+    ``met`` judges the chosen layout; ``layouts_met`` every layout measured.
+    """
     out = []
     for row in rows:
         if row["tasks"] in TARGETS:
@@ -230,8 +227,8 @@ def _targets(rows: list[dict], latency: dict) -> list[dict]:
                         "rss_fraction": row["rss_fraction"], "pss_fraction": row["pss_fraction"],
                         "memory_target": mem,
                         "met": row["speedup"] >= speed and row["rss_fraction"] <= mem,
-                        "fused_speedup": row["fused_speedup"], "fused_rss_fraction": row["fused_rss_fraction"],
-                        "fused_met": row["fused_speedup"] >= speed and row["fused_rss_fraction"] <= mem})
+                        "layouts_met": {name: side["speedup"] >= speed and side["rss_fraction"] <= mem
+                                        for name, side in row["layouts"].items()}})
     out.append({"latency_ratio": latency["ratio"], "latency_target": LATENCY_TARGET,
                 "met": latency["ratio"] <= LATENCY_TARGET})
     return out
@@ -239,7 +236,7 @@ def _targets(rows: list[dict], latency: dict) -> list[dict]:
 
 def run_serving_bench(
     workdir: str | Path, tasks: list[int], variant: str = "reference", concurrency: int = 4, seconds: float = 10.0,
-    progress: Callable[[dict], None] | None = None, batching_concurrency: int = 8, heads_layout: str = "shared",
+    progress: Callable[[dict], None] | None = None, batching_concurrency: int = 8, heads_layout: str = "in_trunk",
 ) -> dict:
     """Side-by-side throughput, latency and memory for each N in ``tasks``.
 
@@ -251,8 +248,8 @@ def run_serving_bench(
         seconds: Measurement time per side and N (latencies get a quarter of it, >= 1 s).
         progress: Called with each row when it is done.
         batching_concurrency: Clients for the dynamic batching comparison (0 skips it).
-        heads_layout: Heads layout of the shared side (``"shared"`` or ``"per_task"``); the other
-            layout is measured too (``other_layout_*`` keys).
+        heads_layout: Heads layout of the shared side (one of ``HEADS_LAYOUTS``); every layout is
+            measured (``rows[i]["layouts"]``).
 
     Returns:
         ``{"rows": [{"tasks": N, "shared_images_per_s": ..., ...}], "triton_p50_ms": ...,
@@ -268,18 +265,16 @@ def run_serving_bench(
         with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
             ws_dir = Path(tmp) / "ws"
             names = replicate_workspace(src, ws_dir, n, variant)
-            ort_lat = _ort_latency(Workspace.at(ws_dir), names, variant, image, latency_s)
-            repo = build_repository(ws_dir, heads_layout=heads_layout)
-            shared = _measure(repo.path, ["detect"], image, concurrency, seconds, latency_s)
-            alt_repo = build_repository(ws_dir, Path(tmp) / "other-layout", heads_layout=_other(heads_layout))
-            other = _measure(alt_repo.path, ["detect"], image, concurrency, seconds)
+            ort_lat = _ort_latency(Workspace.at(ws_dir), names, variant, image, latency_s, heads_layout)
+            layouts = {}
+            for layout in (heads_layout, *(x for x in mcfg.HEADS_LAYOUTS if x != heads_layout)):
+                repo = build_repository(ws_dir, Path(tmp) / layout, heads_layout=layout)
+                layouts[layout] = _measure(repo.path, ["detect"], image, concurrency, seconds,
+                                           latency_s if layout == heads_layout else 0.0)
             ind_repo = Path(tmp) / "independent"
             models = independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)
             independent = _measure(ind_repo, models, image, concurrency, seconds)
-            fused_repo = Path(tmp) / "fused"
-            fused = _measure(fused_repo, fused_repository(Workspace.at(ws_dir), fused_repo, names, variant),
-                             image, concurrency, seconds)
-        rows.append(_row(n, shared, independent, fused, ort_lat, other))
+        rows.append(_row(n, layouts, heads_layout, independent, ort_lat))
         if progress:
             progress(rows[-1])
     own = len(src.tasks())
@@ -290,7 +285,7 @@ def run_serving_bench(
                            "in-process onnxruntime sessions of the same ONNX files, same thread settings"}
     result = {"rows": rows, "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
               "latency": latency, "variant": variant, "concurrency": concurrency, "seconds": seconds,
-              "heads_layout": heads_layout, "other_layout": _other(heads_layout),
+              "heads_layout": heads_layout,
               "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx"), "workspace_tasks": own,
               "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
     if batching_concurrency > 0:
@@ -302,22 +297,23 @@ def run_serving_bench(
 
 def format_table(result: dict) -> str:
     """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
+    others = [x for x in mcfg.HEADS_LAYOUTS if x != result["heads_layout"]]
     lines = ["| N tasks | shared img/s | independent img/s | speed-up | shared p50 / p95 ms | independent p95 ms "
              "| RSS shared / independent MiB | PSS shared / independent MiB | Triton / ort p50 ms "
-             "| other layout img/s, RSS / PSS MiB | fused img/s, RSS / PSS MiB | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             + "".join(f"| {x} img/s, RSS / PSS MiB " for x in others) + "| errors |",
+             "|---" * (10 + len(others)) + "|"]
     for r in result["rows"]:
-        errors = sum(r[side]["errors"] for side in ("shared", "independent", "fused", "other_layout"))
+        errors = r["independent"]["errors"] + sum(side["errors"] for side in r["layouts"].values())
+        alt = "".join(f"{r['layouts'][x]['img_per_s']:.1f}, {r['layouts'][x]['rss_mib']:.0f} / "
+                      f"{r['layouts'][x]['pss_mib']:.0f} | " for x in others)
         lines.append(
             f"| {r['tasks']} | {r['shared_images_per_s']:.1f} | {r['independent_images_per_s']:.1f} | "
             f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
             f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "
             f"({r['rss_fraction']:.0%}) | {r['shared_pss_mb']:.0f} / {r['independent_pss_mb']:.0f} "
-            f"({r['pss_fraction']:.0%}) | {r['triton_p50_ms']:.2f} / {r['ort_p50_ms']:.2f} | "
-            f"{r['other_layout_images_per_s']:.1f}, {r['other_layout_rss_mb']:.0f} / {r['other_layout_pss_mb']:.0f} | "
-            f"{r['fused_images_per_s']:.1f}, {r['fused_rss_mb']:.0f} / {r['fused_pss_mb']:.0f} | {errors} |")
+            f"({r['pss_fraction']:.0%}) | {r['triton_p50_ms']:.2f} / {r['ort_p50_ms']:.2f} | {alt}{errors} |")
     lat = result["latency"]
-    lines += ["", f"Shared side: heads layout `{result['heads_layout']}`; other layout: `{result['other_layout']}`.",
+    lines += ["", f"Shared side: heads layout `{result['heads_layout']}`; beside it: {', '.join(others)}.",
               f"Latency, N={lat['tasks']}: Triton `detect` p50 {lat['triton_p50_ms']:.2f} ms vs in-process "
               f"onnxruntime p50 {lat['ort_p50_ms']:.2f} ms = {lat['ratio']:.2f}x"]
     if "dynamic_batching" in result:
@@ -328,10 +324,10 @@ def format_table(result: dict) -> str:
     for t in result["targets"]:
         verdict = "met" if t["met"] else "MISSED"
         if "tasks" in t:
+            beside = ", ".join(f"{x} {'met' if ok else 'missed'}" for x, ok in t["layouts_met"].items() if x in others)
             lines.append(f"Target N={t['tasks']}: >= {t['speedup_target']:.0f}x img/s and <= "
                          f"{t['memory_target']:.0%} memory; got {t['speedup']:.2f}x, RSS {t['rss_fraction']:.0%} "
-                         f"(PSS {t['pss_fraction']:.0%}): {verdict}; fused: {t['fused_speedup']:.2f}x, "
-                         f"RSS {t['fused_rss_fraction']:.0%}: {'met' if t['fused_met'] else 'MISSED'}")
+                         f"(PSS {t['pss_fraction']:.0%}): {verdict} ({beside})")
         else:
             lines.append(f"Target Triton p50 <= {t['latency_target']}x onnxruntime; got "
                          f"{t['latency_ratio']:.2f}x: {verdict}")

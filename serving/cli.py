@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clients for the dynamic batching on/off comparison; 0 skips it (default: %(default)s)")
     from serving.cli_serving import add_heads_layout
 
-    add_heads_layout(bs, "shared", "heads layout of the shared side; the other is measured beside it (default: shared)")
+    add_heads_layout(bs, "in_trunk", "heads layout of the shared side; the others are measured beside it "
+                                     "(default: in-trunk)")
     bs.add_argument("--json", help="write the results here")
     bs.set_defaults(func=_cmd_bench_serving)
     p.set_defaults(bench_subparsers=bench_sub)

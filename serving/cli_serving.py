@@ -8,6 +8,9 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+#: ``serving.model_configs.HEADS_LAYOUTS``, spelled here so that parsing the command line imports no protobuf.
+LAYOUTS = ("per_task", "shared", "in_trunk")
+
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM rolls back like Ctrl-C (add-task is a transaction on the workspace)
@@ -32,7 +35,7 @@ def _cmd_add_task(args: argparse.Namespace) -> int:
         print(f"{variant:16s} {m['map']:7.3f} {m['map50']:7.3f}")
     if report.hot_added:
         print(f"hot-loaded task {report.task!r} at {args.server} in {s['hot_add']:.1f} s "
-              "(no restart, no trunk reload)")
+              "(no restart; the other tasks kept serving)")
     return 0
 
 
@@ -41,7 +44,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     summary = build_repository(Path(args.workdir), backend=args.backend, dynamic_batching=args.dynamic_batching,
                                tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
-                               heads_layout=args.heads_layout)
+                               heads_layout=args.heads_layout or default_layout(args.backend))
     versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
     print(f"wrote {summary.path} ({summary.options.backend} backend, input {summary.input_size}): "
           f"trunk versions {versions}; tasks {', '.join(summary.tasks)}")
@@ -88,10 +91,18 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_heads_layout(parser: argparse.ArgumentParser, default: str, help_text: str) -> None:
-    """Add ``--heads-layout per-task|shared``; ``args.heads_layout`` is the library's ``per_task`` / ``shared``."""
-    parser.add_argument("--heads-layout", type=lambda text: text.replace("-", "_"), choices=("per_task", "shared"),
-                        default=default, metavar="{per-task,shared}", help=help_text)
+def default_layout(backend: str) -> str:
+    """The heads layout for ``backend``: in-trunk for python (one backend process), per-task for onnxruntime."""
+    return "in_trunk" if backend == "python" else "per_task"
+
+
+def add_heads_layout(parser: argparse.ArgumentParser, default: str | None, help_text: str) -> None:
+    """Add ``--heads-layout per-task|shared|in-trunk``; ``args.heads_layout`` is the library's spelling.
+
+    ``default`` ``None``: the backend's default (:func:`default_layout`), resolved by the command.
+    """
+    parser.add_argument("--heads-layout", type=lambda text: text.replace("-", "_"), choices=LAYOUTS,
+                        default=default, metavar="{per-task,shared,in-trunk}", help=help_text)
 
 
 def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -120,9 +131,10 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     e.add_argument("--dynamic-batching", action="store_true", help="enable the dynamic batcher (pays on GPUs)")
     e.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator (onnxruntime backend only)")
     e.add_argument("--max-batch-size", type=int, default=8, help="largest batch per execution (default: %(default)s)")
-    add_heads_layout(e, "per_task",
-                     "per-task: one head_<task> model each; shared: one `heads` model hosting every head "
-                     "(python backend: one process whatever the number of tasks) (default: per-task)")
+    add_heads_layout(e, None,
+                     "per-task: one head_<task> model each; shared: one `heads` model hosting every head; "
+                     "in-trunk: the trunk model hosts every head (shared and in-trunk: python backend only; "
+                     "docs/benchmarks.md compares them) (default: in-trunk for python, per-task for onnxruntime)")
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("serve", help="run the embedded Triton server on the workspace's repository")
@@ -131,7 +143,7 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
-    add_heads_layout(s, "per_task", "layout when the repository must be built first (see `polyhead export`)")
+    add_heads_layout(s, "in_trunk", "layout when the repository must be built first (see `polyhead export`)")
     s.set_defaults(func=_cmd_serve)
 
     i = sub.add_parser("infer", help="detect objects in one image through a running server")

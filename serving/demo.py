@@ -73,8 +73,8 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
     run_compress(ws.root, tolerance=DEMO_TOLERANCE, settings=settings, progress=True)
     _done(t)
 
-    t = _step("4/6 Triton repository (one shared `heads` model) + embedded Triton")
-    repo = build_repository(ws.root, heads_layout="shared")  # two backend processes for any number of tasks
+    t = _step("4/6 Triton repository (the trunk model hosts every head) + embedded Triton")
+    repo = build_repository(ws.root, heads_layout="in_trunk")  # one backend process for any number of tasks
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
     failures = 0
     with EmbeddedTriton(repo.path, **ports) as server:
@@ -110,8 +110,8 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
         _done(t)
     failures += sum(s.failures for s in latency.values())
     _summary(ws, latency, server_map)
-    print(f"\nserver memory: {memory['processes']} processes (tritonserver, trunk, every head in one `heads` "
-          f"model), RSS {memory['rss_mib']:.0f} MiB, PSS {memory['pss_mib']:.0f} MiB")
+    print(f"\nserver memory: {memory['processes']} processes (tritonserver, one backend process for the trunk "
+          f"and every head), RSS {memory['rss_mib']:.0f} MiB, PSS {memory['pss_mib']:.0f} MiB")
     print(f"\ndemo finished in {time.time() - start:.0f} s; failed requests: {failures}")
     return 0 if failures == 0 else 1
 

@@ -199,10 +199,15 @@ def test_failed_hot_add_of_a_hosted_head_restores_the_repository_and_keeps_servi
 
 def test_command_line_spells_the_layout_per_task_and_passes_per_task_on():
     from serving.cli import build_parser
+    from serving.cli_serving import LAYOUTS, default_layout
 
     parser = build_parser()
+    assert LAYOUTS == mcfg.HEADS_LAYOUTS
     assert parser.parse_args(["export", "--heads-layout", "per-task"]).heads_layout == "per_task"
-    assert parser.parse_args(["serve"]).heads_layout == "per_task"
-    assert parser.parse_args(["bench", "serving"]).heads_layout == "shared"
+    assert parser.parse_args(["export", "--heads-layout", "in-trunk"]).heads_layout == "in_trunk"
+    assert parser.parse_args(["export"]).heads_layout is None  # resolved by the backend:
+    assert default_layout("python") == "in_trunk" and default_layout("onnxruntime") == "per_task"
+    assert parser.parse_args(["serve"]).heads_layout == "in_trunk"
+    assert parser.parse_args(["bench", "serving"]).heads_layout == "in_trunk"
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "--heads-layout", "fused"])
