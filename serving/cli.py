@@ -64,7 +64,8 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
               f"({row['speedup']:.2f}x), RSS {row['shared_rss_mb']:.0f} vs {row['independent_rss_mb']:.0f} MiB",
               flush=True)
 
-    result = run_serving_bench(args.workdir, tasks, args.variant, args.concurrency, args.seconds,
+    concurrency = [int(x) for x in args.concurrency.split(",")]
+    result = run_serving_bench(args.workdir, tasks, args.variant, concurrency, args.seconds,
                                progress=progress, batching_concurrency=args.batching_concurrency,
                                heads_layout=args.heads_layout)
     print(format_table(result))
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     workdir(bs)
     bs.add_argument("--tasks", default="1,2,4,8", help="comma-separated task counts (default: %(default)s)")
     bs.add_argument("--variant", default="reference")
-    bs.add_argument("--concurrency", type=int, default=4)
+    bs.add_argument("--concurrency", default="2,4,8",
+                    help="comma-separated client counts; each side keeps its peak images/s (default: %(default)s)")
     bs.add_argument("--seconds", type=float, default=10.0, help="measurement time per side and N")
     bs.add_argument("--batching-concurrency", type=int, default=8,
                     help="clients for the dynamic batching on/off comparison; 0 skips it (default: %(default)s)")

@@ -104,7 +104,7 @@ class TritonPythonModel:
         if self.pool is None or len(groups) == 1:
             for members in groups.values():
                 self._run_group(requests, members, responses)
-        else:  # one request per worker: onnxruntime releases the GIL, so requests run side by side
+        else:  # one request per task of the pool: onnxruntime releases the GIL, so requests run side by side
             list(self.pool.map(lambda members: self._run_group(requests, members, responses), groups.values()))
         return responses
 

@@ -10,13 +10,17 @@ ROW_KEYS = ("shared_images_per_s", "independent_images_per_s", "shared_rss_mb", 
 
 @pytest.mark.triton
 def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_path):
-    result = run_serving_bench(workspace, [1, 2], variant="ref", concurrency=2, seconds=1.0)
+    result = run_serving_bench(workspace, [1, 2], variant="ref", concurrency=[1, 2], seconds=1.0)
     assert [r["tasks"] for r in result["rows"]] == [1, 2]
     for row in result["rows"]:
         assert set(row["layouts"]) == {"in_trunk", "shared", "per_task"}
         for side in (row["independent"], *row["layouts"].values()):
             assert side["errors"] == 0
             assert side["img_per_s"] > 0 and side["pss_mib"] > 0
+            # each side keeps its peak over the client counts
+            assert set(side["by_concurrency"]) == {"1", "2"}
+            assert side["img_per_s"] == max(r["img_per_s"] for r in side["by_concurrency"].values())
+            assert side["by_concurrency"][str(side["concurrency"])]["img_per_s"] == side["img_per_s"]
         assert all(row[k] > 0 for k in ROW_KEYS), {k: row.get(k) for k in ROW_KEYS}
         assert row["shared_p95_ms"] >= row["shared_p50_ms"]
         assert row["shared_rss_mb"] >= row["shared_pss_mb"]  # RSS counts shared pages in every process
