@@ -14,8 +14,9 @@ the best kept (``by_concurrency`` holds them all), since the sides peak at diffe
 independent detectors get N requests in flight per client, the fan-out one).
 
 Beside throughput and memory it measures, per N, the latency of one image through ``detect``
-(one request at a time) against the same computation in process (:func:`_ort_latency`: the same
-ONNX files in onnxruntime sessions with the layout's thread settings, trunk then every head), and,
+(one request at a time) against the same computation in process (:func:`_ort_fanout`: the same
+ONNX files in onnxruntime sessions with the layout's thread settings, trunk then every head; the
+two interleaved in blocks of 20 calls while the server runs, so both see the same machine), and,
 once, the gain of Triton's dynamic batcher for ``detect`` at concurrency 8 (the ``in_trunk``
 trunk batches in every case, so there the comparison is its default delay 0 against 100 us).
 """
@@ -98,17 +99,24 @@ def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int
     return {"img_per_s": len(lat) / elapsed, **_percentiles(lat), "errors": errors[0]}
 
 
-def _timed(fn: Callable[[], object], seconds: float, max_runs: int = 1000) -> dict[str, float]:
-    """p50/p95 of ``fn()`` run back to back for ``seconds`` (after 3 warm-up runs)."""
-    for _ in range(3):
-        fn()
-    lat: list[float] = []
+def _interleaved(fns: dict[str, Callable[[], object]], seconds: float, block: int = 20) -> dict[str, dict]:
+    """p50/p95 of each of ``fns``, run one call at a time in alternating blocks of ``block`` calls.
+
+    Alternating (after 3 warm-up calls each) spreads the machine's noise over every side alike;
+    ``seconds`` is the time of all sides together.
+    """
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    lat: dict[str, list[float]] = {name: [] for name in fns}
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end and len(lat) < max_runs:
-        t0 = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t0)
-    return {**_percentiles(lat), "runs": len(lat)}
+    while time.perf_counter() < end:
+        for name, fn in fns.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                lat[name].append(time.perf_counter() - t0)
+    return {name: {**_percentiles(values), "runs": len(values)} for name, values in lat.items()}
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -120,10 +128,8 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _ort_latency(
-    ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, seconds: float, layout: str
-) -> dict:
-    """In process: the trunk on ``image`` then every head on its features, one image at a time.
+def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, layout: str) -> Callable[[], None]:
+    """In process: a call running the trunk on ``image`` then every head on its features.
 
     The same ONNX files and thread settings as ``layout``'s served trunk and heads; no server, no
     serialisation, heads run one after the other in this thread.
@@ -138,14 +144,18 @@ def _ort_latency(
         for head in heads:
             head.run(None, feeds)
 
-    return _timed(once, seconds)
+    return once
 
 
-def _triton_latency(url: str, image: np.ndarray, seconds: float) -> dict:
-    """One ``detect`` request at a time through gRPC (all tasks' outputs in the response)."""
+def _latency(url: str, image: np.ndarray, reference: Callable[[], None], seconds: float) -> dict[str, dict]:
+    """One ``detect`` request at a time through gRPC vs ``reference`` in process, interleaved.
+
+    Returns:
+        ``{"triton": {...}, "ort": {...}}`` percentiles.
+    """
     client = grpcclient.InferenceServerClient(url)
     inp = _input(image)
-    return _timed(lambda: client.infer("detect", [inp]), seconds)
+    return _interleaved({"triton": lambda: client.infer("detect", [inp]), "ort": reference}, seconds)
 
 
 def _serve(repo: Path) -> EmbeddedTriton:
@@ -153,12 +163,13 @@ def _serve(repo: Path) -> EmbeddedTriton:
 
 
 def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int | list[int], seconds: float,
-             latency_s: float = 0.0) -> dict:
-    """Peak throughput over ``concurrency`` and memory of ``repo`` (and ``detect``'s latency if ``latency_s``).
+             latency_s: float = 0.0, reference: Callable[[], None] | None = None) -> dict:
+    """Peak throughput over ``concurrency`` and memory of ``repo``, then latency if ``latency_s``.
 
     Returns:
         The figures at the concurrency with the most images/s (``concurrency`` says which), the
-        per-concurrency ones under ``by_concurrency``, memory after the last load.
+        per-concurrency ones under ``by_concurrency``, memory after the last load, and with
+        ``latency_s`` ``latency`` / ``ort_latency``: :func:`_latency` of ``detect`` vs ``reference``.
     """
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
     with _serve(repo) as server:
@@ -168,7 +179,8 @@ def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int 
                   "by_concurrency": {str(c): r for c, r in runs.items()}}
         result.update(group_memory_mib(server.pid))
         if latency_s > 0:
-            result["latency"] = _triton_latency(server.url, image, latency_s)
+            both = _latency(server.url, image, reference, latency_s)
+            result["latency"], result["ort_latency"] = both["triton"], both["ort"]
     return result
 
 
@@ -179,10 +191,10 @@ def _versus(side: dict, independent: dict) -> dict:
             "pss_fraction": side["pss_mib"] / max(independent["pss_mib"], 1e-9)}
 
 
-def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, ort_lat: dict) -> dict:
+def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict) -> dict:
     """One result row: the issue's flat keys (the ``chosen`` layout), then every side in full."""
     shared = layouts[chosen]
-    triton_lat = shared.pop("latency")
+    triton_lat, ort_lat = shared.pop("latency"), shared.pop("ort_latency")
     return {
         "tasks": n,
         "shared_images_per_s": shared["img_per_s"],
@@ -260,7 +272,7 @@ def run_serving_bench(
         variant: Trunk variant to serve.
         concurrency: Concurrent clients (each sends one image's requests at a time); a list: every
             side is measured at each and keeps its peak.
-        seconds: Measurement time per side and N (latencies get a quarter of it, >= 1 s).
+        seconds: Measurement time per side, concurrency and N (the interleaved latencies get half of it, >= 2 s).
         progress: Called with each row when it is done.
         batching_concurrency: Clients for the dynamic batching comparison (0 skips it).
         heads_layout: Heads layout of the shared side (one of ``HEADS_LAYOUTS``); every layout is
@@ -274,22 +286,22 @@ def run_serving_bench(
     src = Workspace.at(workdir)
     size = int(read_json(src.variant(variant) / "variant.json")["input_size"])
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
-    latency_s = max(1.0, seconds / 4)
+    latency_s = max(2.0, seconds / 2)  # Triton and in-process calls, interleaved
     rows = []
     for n in tasks:
         with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
             ws_dir = Path(tmp) / "ws"
             names = replicate_workspace(src, ws_dir, n, variant)
-            ort_lat = _ort_latency(Workspace.at(ws_dir), names, variant, image, latency_s, heads_layout)
+            reference = _ort_fanout(Workspace.at(ws_dir), names, variant, image, heads_layout)
             layouts = {}
             for layout in (heads_layout, *(x for x in mcfg.HEADS_LAYOUTS if x != heads_layout)):
                 repo = build_repository(ws_dir, Path(tmp) / layout, heads_layout=layout)
                 layouts[layout] = _measure(repo.path, ["detect"], image, concurrency, seconds,
-                                           latency_s if layout == heads_layout else 0.0)
+                                           latency_s if layout == heads_layout else 0.0, reference)
             ind_repo = Path(tmp) / "independent"
             models = independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)
             independent = _measure(ind_repo, models, image, concurrency, seconds)
-        rows.append(_row(n, layouts, heads_layout, independent, ort_lat))
+        rows.append(_row(n, layouts, heads_layout, independent))
         if progress:
             progress(rows[-1])
     own = len(src.tasks())
