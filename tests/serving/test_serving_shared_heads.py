@@ -211,3 +211,32 @@ def test_command_line_spells_the_layout_per_task_and_passes_per_task_on():
     assert parser.parse_args(["bench", "serving"]).heads_layout == "in_trunk"
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "--heads-layout", "fused"])
+
+
+@pytest.mark.triton
+def test_in_trunk_variant_switch_then_hot_add_keeps_the_live_variant_and_serves_its_features(tmp_path, fakes):
+    from serving.controller import TrunkSwitcher, Variant
+
+    work = fakes.make_workspace(tmp_path / "w")
+    summary = build_repository(work, max_batch_size=4, heads_layout="in_trunk", live_variant="ref")
+    by_name = {n: v for v, n in summary.trunk_versions.items()}
+    batch, _ = prepare_batch(fakes.random_images(2, seed=5), fakes.SIZE)
+    with EmbeddedTriton(summary.path, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+        client = grpcclient.InferenceServerClient(server.url)
+        got = infer(server.url, "detect_cars", batch)
+        assert_same({n: got.as_numpy(n) for n in OUTS}, ort_reference(work, "ref", "cars", batch))
+        # no local repository (as in Kubernetes): trunk/config.pbtxt still pins `ref`, only the server knows
+        TrunkSwitcher(server.url).apply(Variant("small", by_name["small"], 0.4, 5.0))
+        fan = infer(server.url, "detect", batch)
+        for task in fakes.TASKS:  # every head now reads the small variant's features
+            assert_same({n: fan.as_numpy(f"{task}_{n}") for n in OUTS}, ort_reference(work, "small", task, batch))
+
+        task, classes = fakes.EXTRA_TASK
+        fakes.export_head(work, task, classes, seed=42)
+        TritonHotAdd(server.url).add(summary.path, work, task)
+        served = client.get_model_config("trunk").config
+        assert list(served.version_policy.specific.versions) == [by_name["small"]]  # the served switch survived
+        assert served.parameters["heads_dir"].string_value == "heads/2"
+        fan = infer(server.url, "detect", batch)
+        for name in (*fakes.TASKS, task):
+            assert_same({n: fan.as_numpy(f"{name}_{n}") for n in OUTS}, ort_reference(work, "small", name, batch))
