@@ -46,7 +46,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
                                heads_layout=args.heads_layout or default_layout(args.backend))
     versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
-    print(f"wrote {summary.path} ({summary.options.backend} backend, input {summary.input_size}): "
+    layout = summary.options.heads_layout.replace("_", "-")
+    print(f"wrote {summary.path} ({summary.options.backend} backend, {layout} heads, input {summary.input_size}): "
           f"trunk versions {versions}; tasks {', '.join(summary.tasks)}")
     print(f"models: {', '.join(summary.models)}")
     return 0
