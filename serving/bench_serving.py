@@ -131,18 +131,29 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, layout: str) -> Callable[[], None]:
     """In process: a call running the trunk on ``image`` then every head on its features.
 
-    The same ONNX files and thread settings as ``layout``'s served trunk and heads; no server, no
-    serialisation, heads run one after the other in this thread.
+    The same ONNX files, thread settings and parallelism as ``layout``'s served trunk and heads, no
+    server, no serialisation: heads one after the other in this thread, or, in_trunk, split into
+    ``request_workers`` chunks run side by side as its backend does for one request.
     """
     opts = mcfg.RepositoryOptions(heads_layout=layout)
     trunk = _session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
     heads = [_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
     names = [i.name for i in heads[0].get_inputs()]  # p3, p4, p5
+    ways = opts.request_workers if layout == "in_trunk" else 1
+    chunks = [heads[i::ways] for i in range(ways) if heads[i::ways]]
+    pool = ThreadPoolExecutor(len(chunks))
+
+    def run(chunk: list[ort.InferenceSession], feeds: dict[str, np.ndarray]) -> None:
+        for head in chunk:
+            head.run(None, feeds)
 
     def once() -> None:
         feeds = dict(zip(names, trunk.run(names, {"images": image}), strict=True))
-        for head in heads:
-            head.run(None, feeds)
+        if len(chunks) == 1:
+            run(chunks[0], feeds)
+        else:
+            for future in [pool.submit(run, chunk, feeds) for chunk in chunks]:
+                future.result()
 
     return once
 

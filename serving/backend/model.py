@@ -18,18 +18,19 @@ Three shapes of leaf:
   computes whenever a request asks for them or for a head's outputs.
 
 Config parameters read (all optional): ``intra_op_num_threads`` (default 1); ``request_workers``
-(default 1: more runs the requests of one ``execute`` side by side on that many threads, each alone,
-instead of as one batch); ``heads_dir`` (see above); ``sha256`` (a head's file) or
-``sha256_by_version`` (JSON ``{"<version>": sha256}``, the trunk's versions) or the per-task sha256
-of ``heads``: ``initialize`` hashes each file it loads and refuses one that changed after the
-repository was built.
+(default 1: more runs the requests of one ``execute`` on that many threads, each alone instead of
+as one batch: every trunk pass is one task, then the request's heads in that many chunks);
+``heads_dir`` (see above); ``sha256`` (a head's file) or ``sha256_by_version`` (JSON
+``{"<version>": sha256}``, the trunk's versions) or the per-task sha256 of ``heads``:
+``initialize`` hashes each file it loads and refuses one that changed after the repository was
+built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,16 @@ class TritonPythonModel:
         # parts, in run order: (session, served output name -> graph output name); a part's inputs
         # are the request's inputs or the served outputs of the parts before it
         self.parts: list[tuple[ort.InferenceSession, dict[str, str]]] = []
+        self.head_sessions: set[int] = set()  # id() of the sessions that run a head (served prefix "<task>_")
         for path, expected, prefix in _graph_files(version_dir, Path(args["model_repository"]), params, version):
             _verify_sha256(path, expected, model, version)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.parts.append((session, {f"{prefix}{o.name}": o.name for o in session.get_outputs()}))
+            if prefix:
+                self.head_sessions.add(id(session))
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        workers = int(params.get("request_workers", "1") or 1)
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="polyhead") if workers > 1 else None
+        self.workers = int(params.get("request_workers", "1") or 1)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="polyhead") if self.workers > 1 else None
         self.input_names = [i["name"] for i in config["input"]]
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
@@ -101,11 +105,11 @@ class TritonPythonModel:
             # unbatched models run each request alone; batched ones group by per-item shape
             key = tuple(feeds[n].shape[1:] for n in self.input_names) if self.batched and not self.pool else (idx,)
             groups.setdefault(key, []).append((idx, feeds))
-        if self.pool is None or len(groups) == 1:
+        if self.pool is None:
             for members in groups.values():
                 self._run_group(requests, members, responses)
-        else:  # one request per task of the pool: onnxruntime releases the GIL, so requests run side by side
-            list(self.pool.map(lambda members: self._run_group(requests, members, responses), groups.values()))
+        else:
+            self._run_side_by_side(requests, [m for members in groups.values() for m in members], responses)
         return responses
 
     def _inputs(self, request) -> dict[str, np.ndarray]:  # noqa: ANN001 (pb_utils type)
@@ -117,6 +121,50 @@ class TritonPythonModel:
                 raise ValueError(f"input '{name}' is missing; send all of {self.input_names}")
             feeds[name] = tensor.as_numpy()
         return feeds
+
+    def _run_side_by_side(self, requests: list, members: list, responses: list) -> None:
+        """Run ``members`` (``(index, feeds)``, one request each) on the worker threads, then respond.
+
+        Every request's trunk is one task of the pool; when it is done its heads are split into
+        ``request_workers`` chunks, each one task. onnxruntime releases the GIL, so the tasks run
+        side by side and the workers stay busy whatever the number of requests (one request: its
+        head chunks in parallel; three on two workers: no worker idles through a whole request).
+        """
+        wanted = {idx: tuple(requests[idx].requested_output_names() or self.output_dtypes) for idx, _ in members}
+        feeds_of = dict(members)
+        values: dict[int, dict[str, np.ndarray]] = {}
+        failed: dict[int, Exception] = {}
+        first: dict[Future, int] = {}
+        later: dict[int, list] = {}  # request -> head chunks to run once its trunk is done
+        for idx, feeds in members:
+            plan = self._plan(wanted[idx])
+            trunk = [part for part in plan if id(part[0]) not in self.head_sessions]
+            heads = [part for part in plan if id(part[0]) in self.head_sessions]
+            later[idx] = [heads[i :: self.workers] for i in range(self.workers) if heads[i :: self.workers]]
+            first[self.pool.submit(_run_parts, trunk, feeds)] = idx
+        second: dict[Future, int] = {}
+        for future in as_completed(first):
+            idx = first[future]
+            try:
+                values[idx] = {**feeds_of[idx], **future.result()}
+            except Exception as err:  # noqa: BLE001 (answered as an error response below)
+                failed[idx] = err
+                continue
+            for chunk in later[idx]:
+                second[self.pool.submit(_run_parts, chunk, values[idx])] = idx
+        for future in as_completed(second):
+            idx = second[future]
+            try:
+                values[idx].update(future.result())
+            except Exception as err:  # noqa: BLE001
+                failed[idx] = err
+        for idx, _ in members:
+            if idx in failed:
+                responses[idx] = _error(f"{self.name}: onnxruntime failed: {failed[idx]}")
+            else:
+                tensors = [pb_utils.Tensor(n, np.ascontiguousarray(values[idx][n], dtype=self.output_dtypes[n]))
+                           for n in wanted[idx]]
+                responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _run_group(self, requests: list, members: list, responses: list) -> None:
         """Concatenate ``members``' inputs, run the planned parts once, split and fill ``responses``."""
@@ -164,6 +212,21 @@ class TritonPythonModel:
         self.parts = []
         if self.pool is not None:
             self.pool.shutdown()
+
+
+def _run_parts(parts: list, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``parts`` (``(session, served -> graph names, served names to fetch)``) in order.
+
+    Each part reads its inputs from ``values`` or from the parts before it.
+
+    Returns:
+        The fetched outputs by served name (``values`` is not changed).
+    """
+    out: dict[str, np.ndarray] = {}
+    for session, names, fetch in parts:
+        feeds = {i.name: out[i.name] if i.name in out else values[i.name] for i in session.get_inputs()}
+        out.update(zip(fetch, session.run([names[n] for n in fetch], feeds), strict=True))
+    return out
 
 
 def _graph_files(
