@@ -132,7 +132,8 @@ class TritonPythonModel:
         """
         wanted = {idx: tuple(requests[idx].requested_output_names() or self.output_dtypes) for idx, _ in members}
         feeds_of = dict(members)
-        values: dict[int, dict[str, np.ndarray]] = {}
+        values: dict[int, dict[str, np.ndarray]] = {}  # after the trunk; read by the head chunks, never changed
+        outputs: dict[int, dict[str, np.ndarray]] = {}  # values plus every chunk's outputs
         failed: dict[int, Exception] = {}
         first: dict[Future, int] = {}
         later: dict[int, list] = {}  # request -> head chunks to run once its trunk is done
@@ -150,19 +151,20 @@ class TritonPythonModel:
             except Exception as err:  # noqa: BLE001 (answered as an error response below)
                 failed[idx] = err
                 continue
+            outputs[idx] = dict(values[idx])
             for chunk in later[idx]:
                 second[self.pool.submit(_run_parts, chunk, values[idx])] = idx
         for future in as_completed(second):
             idx = second[future]
             try:
-                values[idx].update(future.result())
+                outputs[idx].update(future.result())
             except Exception as err:  # noqa: BLE001
                 failed[idx] = err
         for idx, _ in members:
             if idx in failed:
                 responses[idx] = _error(f"{self.name}: onnxruntime failed: {failed[idx]}")
             else:
-                tensors = [pb_utils.Tensor(n, np.ascontiguousarray(values[idx][n], dtype=self.output_dtypes[n]))
+                tensors = [pb_utils.Tensor(n, np.ascontiguousarray(outputs[idx][n], dtype=self.output_dtypes[n]))
                            for n in wanted[idx]]
                 responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors)
 
