@@ -141,7 +141,7 @@ def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray
     names = [i.name for i in heads[0].get_inputs()]  # p3, p4, p5
     ways = opts.request_workers if layout == "in_trunk" else 1
     chunks = [heads[i::ways] for i in range(ways) if heads[i::ways]]
-    pool = ThreadPoolExecutor(len(chunks))
+    pool = ThreadPoolExecutor(len(chunks)) if len(chunks) > 1 else None
 
     def run(chunk: list[ort.InferenceSession], feeds: dict[str, np.ndarray]) -> None:
         for head in chunk:
@@ -149,7 +149,7 @@ def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray
 
     def once() -> None:
         feeds = dict(zip(names, trunk.run(names, {"images": image}), strict=True))
-        if len(chunks) == 1:
+        if pool is None:
             run(chunks[0], feeds)
         else:
             for future in [pool.submit(run, chunk, feeds) for chunk in chunks]:
@@ -206,17 +206,18 @@ def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict) -> di
     """One result row: the issue's flat keys (the ``chosen`` layout), then every side in full."""
     shared = layouts[chosen]
     triton_lat, ort_lat = shared.pop("latency"), shared.pop("ort_latency")
+    versus = _versus(shared, independent)
     return {
         "tasks": n,
         "shared_images_per_s": shared["img_per_s"],
         "independent_images_per_s": independent["img_per_s"],
-        "speedup": shared["img_per_s"] / max(independent["img_per_s"], 1e-9),
+        "speedup": versus["speedup"],
         "shared_rss_mb": shared["rss_mib"],
         "independent_rss_mb": independent["rss_mib"],
         "shared_pss_mb": shared["pss_mib"],
         "independent_pss_mb": independent["pss_mib"],
-        "rss_fraction": shared["rss_mib"] / max(independent["rss_mib"], 1e-9),
-        "pss_fraction": shared["pss_mib"] / max(independent["pss_mib"], 1e-9),
+        "rss_fraction": versus["rss_fraction"],
+        "pss_fraction": versus["pss_fraction"],
         "memory_ratio": independent["pss_mib"] / max(shared["pss_mib"], 1e-9),
         "shared_p50_ms": shared["p50_ms"],
         "shared_p95_ms": shared["p95_ms"],

@@ -36,8 +36,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from serving import model_configs as mcfg
 from serving.artifacts import (
     FEATURE_STRIDES,
@@ -414,13 +412,10 @@ def _set_trunk_heads(repo: Path, heads: list[HeadArtifact], generation: int) -> 
     """Rewrite ``trunk/config.pbtxt`` (in_trunk layout) to serve ``heads`` from ``generation``; other fields kept."""
     path = repo / mcfg.TRUNK_MODEL / "config.pbtxt"
     cfg = mcfg.read_config(path)
-    features = [o for o in cfg.output if o.name in FEATURE_STRIDES]
-    fresh = mc.ModelConfig()
-    fresh.output.extend(features)
-    mcfg.add_heads(fresh, heads)
-    del cfg.output[:]
-    cfg.output.extend(fresh.output)
-    cfg.parameters["heads"].CopyFrom(fresh.parameters["heads"])
+    for i in reversed(range(len(cfg.output))):  # keep the features, drop the old heads' outputs
+        if cfg.output[i].name not in FEATURE_STRIDES:
+            del cfg.output[i]
+    mcfg.add_heads(cfg, heads)
     cfg.parameters["heads_dir"].string_value = f"{mcfg.IN_TRUNK_HEADS_DIR}/{generation}"
     mcfg.write_config(cfg, path)
 

@@ -69,6 +69,7 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.workers = int(params.get("request_workers", "1") or 1)
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="polyhead") if self.workers > 1 else None
+        self._stage_cache: dict[tuple[str, ...], tuple[list, list[list]]] = {}
         self.input_names = [i["name"] for i in config["input"]]
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
@@ -95,21 +96,22 @@ class TritonPythonModel:
             One ``pb_utils.InferenceResponse`` per request, in order.
         """
         responses: list = [None] * len(requests)
-        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = {}
+        members: list[tuple[int, dict[str, np.ndarray]]] = []
         for idx, request in enumerate(requests):
             try:
-                feeds = self._inputs(request)
+                members.append((idx, self._inputs(request)))
             except ValueError as err:
                 responses[idx] = _error(f"{self.name}: {err}")
-                continue
-            # unbatched models run each request alone; batched ones group by per-item shape
-            key = tuple(feeds[n].shape[1:] for n in self.input_names) if self.batched and not self.pool else (idx,)
+        if self.pool is not None:
+            self._run_side_by_side(requests, members, responses)
+            return responses
+        # unbatched models run each request alone; batched ones group by per-item shape
+        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = {}
+        for idx, feeds in members:
+            key = tuple(feeds[n].shape[1:] for n in self.input_names) if self.batched else (idx,)
             groups.setdefault(key, []).append((idx, feeds))
-        if self.pool is None:
-            for members in groups.values():
-                self._run_group(requests, members, responses)
-        else:
-            self._run_side_by_side(requests, [m for members in groups.values() for m in members], responses)
+        for group in groups.values():
+            self._run_group(requests, group, responses)
         return responses
 
     def _inputs(self, request) -> dict[str, np.ndarray]:  # noqa: ANN001 (pb_utils type)
@@ -138,10 +140,7 @@ class TritonPythonModel:
         first: dict[Future, int] = {}
         later: dict[int, list] = {}  # request -> head chunks to run once its trunk is done
         for idx, feeds in members:
-            plan = self._plan(wanted[idx])
-            trunk = [part for part in plan if id(part[0]) not in self.head_sessions]
-            heads = [part for part in plan if id(part[0]) in self.head_sessions]
-            later[idx] = [heads[i :: self.workers] for i in range(self.workers) if heads[i :: self.workers]]
+            trunk, later[idx] = self._stages(wanted[idx])
             first[self.pool.submit(_run_parts, trunk, feeds)] = idx
         second: dict[Future, int] = {}
         for future in as_completed(first):
@@ -176,10 +175,8 @@ class TritonPythonModel:
                 if name not in wanted:
                     wanted.append(name)
         try:
-            outputs = {n: np.concatenate([f[n] for _, f in members]) for n in self.input_names}
-            for session, names, fetch in self._plan(tuple(wanted)):
-                feeds = {i.name: outputs[i.name] for i in session.get_inputs()}
-                outputs.update(zip(fetch, session.run([names[n] for n in fetch], feeds), strict=True))
+            feeds = {n: np.concatenate([f[n] for _, f in members]) for n in self.input_names}
+            outputs = _run_parts(self._plan(tuple(wanted)), feeds)
         except Exception as err:  # noqa: BLE001 (every failure becomes a response, never a crash)
             for idx, _ in members:
                 responses[idx] = _error(f"{self.name}: onnxruntime failed: {err}")
@@ -194,6 +191,19 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor(n, np.ascontiguousarray(part, dtype=self.output_dtypes[n])))
             responses[idx] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += size
+
+    def _stages(self, wanted: tuple[str, ...]) -> tuple[list, list[list]]:
+        """:meth:`_plan` for ``wanted`` split for the pool: the parts before the heads, then the head chunks.
+
+        Cached per ``wanted`` (an ensemble step always asks for the same outputs).
+        """
+        if wanted not in self._stage_cache:
+            plan = self._plan(wanted)
+            trunk = [part for part in plan if id(part[0]) not in self.head_sessions]
+            heads = [part for part in plan if id(part[0]) in self.head_sessions]
+            chunks = [heads[i :: self.workers] for i in range(self.workers) if heads[i :: self.workers]]
+            self._stage_cache[wanted] = (trunk, chunks)
+        return self._stage_cache[wanted]
 
     def _plan(self, wanted: tuple[str, ...]) -> list[tuple[ort.InferenceSession, dict[str, str], list[str]]]:
         """The parts to run for outputs ``wanted``, in order, each with the served outputs to fetch.
