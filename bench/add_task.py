@@ -50,12 +50,12 @@ def full_finetune(ws: Path, data: Path, epochs: int) -> dict:
     """Reference trunk + fresh head trained end to end on the new task; wall time and mAP."""
     from shared.artifacts import read_json
     from shared.workspace import Workspace
-    from transfer.evaluate import coco_map
-    from transfer.feature_cache import find_trunk_checkpoint, load_frozen_trunk
-    from transfer.model import build_model, save_checkpoint
-    from transfer.pipeline import post_config, resolve_config
-    from transfer.predict import detect_split, torch_detector
-    from transfer.train import load_tasks, task_infos, train
+    from transfer.evaluation.coco_map import coco_map
+    from transfer.evaluation.predict import detect_split, torch_detector
+    from transfer.train import post_config, resolve_config
+    from transfer.training.feature_cache import find_trunk_checkpoint, load_frozen_trunk
+    from transfer.training.loop import load_tasks, task_infos, train
+    from transfer.training.multitask_model import build_model, save_checkpoint
 
     w = Workspace.at(ws)
     base = resolve_config(w, None)
@@ -85,7 +85,7 @@ def main() -> int:
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
 
-    from transfer.synth import generate
+    from transfer.data.synth import generate
 
     src = Path(args.workdir)
     if not (src / "trunk" / "reference" / "variant.json").exists():

@@ -30,10 +30,10 @@ def main() -> int:
     p.add_argument("--json", help="write the bench result here")
     args = p.parse_args()
 
-    from serving.cli_compress import format_catalogue
+    from serving.cli.compress_commands import format_catalogue
     from transfer.compress import run_compress, run_compress_bench
-    from transfer.pipeline import run_train
-    from transfer.synth import generate
+    from transfer.data.synth import generate
+    from transfer.train import run_train
 
     ws = Path(args.workdir)
     ws.mkdir(parents=True, exist_ok=True)

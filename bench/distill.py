@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def _train(ws: Path, epochs: int, teacher_weights: str | None) -> dict:
     from shared.artifacts import read_json
-    from transfer.pipeline import run_train
+    from transfer.train import run_train
 
     done = ws / "result.json"
     if done.exists():
@@ -57,7 +57,7 @@ def main() -> int:
     args = p.parse_args()
 
     from shared.mobilenet_v2 import find_packaged_weights
-    from transfer.synth import generate
+    from transfer.data.synth import generate
 
     root = Path(args.root)
     weights = str(Path(args.teacher_weights or find_packaged_weights()).resolve())

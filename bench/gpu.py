@@ -7,7 +7,7 @@ One process, random weights (latency does not depend on them), random uint8 imag
 
 1. Trunk latency T of ``teacher``, ``student`` and ``student-pruned`` (the student with every expanded
    width cut by ``--prune-ratio``, 0.28 = two 15% rounds of ``polyhead compress``, rounded to 8 as
-   transfer/prune.py does), per precision and batch.
+   transfer/compression/prune.py does), per precision and batch.
 2. Head latency H of a ``DetectionHead`` (``--head-width/--head-depth``, default 96/2, 3 classes) on the
    student contract: forward
    alone, and forward + eager post-processing (decode + per-class NMS, heads/postprocess.py; class biases

@@ -55,13 +55,13 @@ def main() -> int:
 
     import torch
 
-    from heads.export import OUTPUT_NAMES, ExportableHead
+    from heads.exportable import OUTPUT_NAMES, ExportableHead
     from heads.head import DetectionHead, HeadConfig
     from heads.postprocess import PostprocessConfig
     from shared.artifacts import read_json
     from shared.contract import default_contract
     from shared.workspace import Workspace
-    from transfer.onnx_export import _export_bytes, export_head
+    from transfer.export.onnx_graphs import _export_bytes, export_head
 
     ws = Workspace.at(args.workdir)
     size = int(read_json(ws.variant("reference") / "variant.json")["input_size"])

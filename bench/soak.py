@@ -13,7 +13,6 @@ Reproduce:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -28,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from serving.client import Detector  # noqa: E402
-from serving.process import group_memory_mib  # noqa: E402
-from serving.repository import build_repository  # noqa: E402
-from serving.server import EmbeddedTriton, free_port  # noqa: E402
+from serving.triton.embedded_server import EmbeddedTriton, free_port  # noqa: E402
+from serving.triton.processes import group_memory_mib  # noqa: E402
+from serving.triton.repository import build_repository  # noqa: E402
 
 
 @dataclass
@@ -62,10 +61,9 @@ def pss_mib(pgid: int) -> float:
 
 def fake_workspace(root: Path) -> Path:
     """The test suite's tiny real workspace (ONNX trunk variants + three heads)."""
-    spec = importlib.util.spec_from_file_location("polyhead_serving_fakes", ROOT / "tests/serving/conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_workspace(root)
+    from tests.fake_workspace import make_workspace
+
+    return make_workspace(root)
 
 
 def soak(

@@ -10,8 +10,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from serving.hot_add import TritonHotAdd
-from serving.loadgen import BackgroundTraffic
+from serving.bench.load_generator import BackgroundTraffic
+from serving.triton.hot_add import TritonHotAdd
 from shared.artifacts import read_json
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, TrainConfig, dump_config
@@ -34,16 +34,16 @@ def _done(t0: float) -> None:
 
 def run_demo(workdir: str | Path, fast: bool = False) -> int:
     """Run every stage; returns a process exit code (0 when every request succeeded)."""
+    from serving.bench.load_generator import measure
     from serving.client import Detector
-    from serving.loadgen import measure
-    from serving.process import group_memory_mib
-    from serving.repository import build_repository
-    from serving.server import EmbeddedTriton, free_port
-    from transfer.coco import load_coco
-    from transfer.datasets import read_rgb
-    from transfer.evaluate_cli import evaluate_task
-    from transfer.pipeline import run_train
-    from transfer.synth import NEW_TASK, TRUNK_TASKS, generate
+    from serving.triton.embedded_server import EmbeddedTriton, free_port
+    from serving.triton.processes import group_memory_mib
+    from serving.triton.repository import build_repository
+    from transfer.data.coco import load_coco
+    from transfer.data.datasets import read_rgb
+    from transfer.data.synth import NEW_TASK, TRUNK_TASKS, generate
+    from transfer.evaluate import evaluate_task
+    from transfer.train import run_train
 
     budget = FAST if fast else FULL
     ws = Workspace.at(workdir)
@@ -90,7 +90,7 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
             for task in TRUNK_TASKS:
                 latency[task] = measure(det, images, task)
             latency["all tasks"] = measure(det, images, None)
-        server_map = {task: evaluate_task(ws.root, task, vals[task], server=server.url) for task in TRUNK_TASKS}
+            server_map = {task: evaluate_task(ws.root, task, vals[task], detector=det) for task in TRUNK_TASKS}
         _done(t)
 
         t = _step(f"6/6 add task '{NEW_TASK}' by training only its head; hot-load it under traffic")
@@ -105,7 +105,7 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
         with Detector(server.url) as det:
             latency[NEW_TASK] = measure(det, images, NEW_TASK)
             latency["all tasks"] = measure(det, images, None)
-        server_map[NEW_TASK] = evaluate_task(ws.root, NEW_TASK, vals[NEW_TASK], server=server.url)
+            server_map[NEW_TASK] = evaluate_task(ws.root, NEW_TASK, vals[NEW_TASK], detector=det)
         memory = group_memory_mib(server.pid)
         _done(t)
     failures += sum(s.failures for s in latency.values())

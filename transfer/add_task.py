@@ -29,9 +29,11 @@ from heads.head import DetectionHead, HeadConfig
 from shared.artifacts import atomic_write_json, read_json
 from shared.errors import ArtifactError, ConfigError, DataError
 from shared.workspace import Workspace
-from transfer.coco import CocoTask, load_coco
 from transfer.config import PolyheadConfig, load_config
-from transfer.feature_cache import (
+from transfer.data.coco import CocoTask, load_coco
+from transfer.export.publish import REFERENCE, evaluate_head, publish_head
+from transfer.train import post_config
+from transfer.training.feature_cache import (
     HeadTrainConfig,
     OnnxTrunk,
     build_feature_cache,
@@ -41,9 +43,7 @@ from transfer.feature_cache import (
     load_frozen_trunk,
     train_head_on_cache,
 )
-from transfer.model import TaskInfo
-from transfer.pipeline import post_config
-from transfer.publish import REFERENCE, evaluate_head, publish_head
+from transfer.training.multitask_model import TaskInfo
 
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: ``.add-task-<name>-<host>-<pid>-<mkdtemp suffix>``: none of the parts can hold a '-'.
@@ -53,7 +53,7 @@ _ROLLBACK = re.compile(r"\.[a-z][a-z0-9_]*\.rollback\.(?P<pid>\d+)")
 
 
 class LiveTarget(Protocol):
-    """Where a new head goes live after it is committed (implemented by ``serving.hot_add``)."""
+    """Where a new head goes live after it is committed (implemented by ``serving.triton.hot_add``)."""
 
     def check(self, repo: Path, name: str) -> None:
         """Fail early (before training) if the task cannot be hot-added."""
@@ -178,7 +178,7 @@ def add_task(
         val_json: COCO validation annotations (same categories).
         images: Directory that ``file_name`` entries are relative to.
         epochs: Head training epochs (ignored when ``train_cfg`` is given).
-        live: Hot-add target (e.g. ``serving.hot_add.TritonHotAdd(url)``): checked before training,
+        live: Hot-add target (e.g. ``serving.triton.hot_add.TritonHotAdd(url)``): checked before training,
             called after the head is committed; if it fails, the workspace is rolled back.
         progress: Show progress bars.
         views: Cached views per training image (1 plain, 2 with a flip, more with random augmentation).

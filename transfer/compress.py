@@ -3,15 +3,15 @@
 Variants (each ``trunk/<name>/model.onnx`` + ``variant.json``, written atomically):
 
 - ``pruned-r1 .. pruned-rN``: cyclic pruning of the hidden channels, each round fine-tuned by
-  feature distillation towards the reference trunk (:mod:`transfer.prune`);
+  feature distillation towards the reference trunk (:mod:`transfer.compression.prune`);
 - ``int8``, ``pruned-rN-int8``: INT8 static QDQ of the reference / last pruned trunk;
-- ``fp16``: FP16 of the reference trunk (:mod:`transfer.quantize`).
+- ``fp16``: FP16 of the reference trunk (:mod:`transfer.compression.quantize`).
 
 Every existing head is evaluated on every variant (COCO mAP via onnxruntime). A variant is
 *admitted* only if no head loses more than ``tolerance`` mAP points against the reference; the
 admitted latency/accuracy Pareto set is marked. Re-running skips variants whose ``variant.json``
 records the current parent's sha256 and the same settings. The admission and Pareto rules live
-in :mod:`transfer.catalogue` so they can be tested on constructed numbers.
+in :mod:`transfer.compression.catalogue` so they can be tested on constructed numbers.
 """
 
 from __future__ import annotations
@@ -28,12 +28,8 @@ from shared.artifacts import atomic_directory, atomic_write_bytes, atomic_write_
 from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from shared.workspace import Workspace
-from transfer.catalogue import build_catalogue
-from transfer.coco import CocoTask, load_coco
-from transfer.model import load_checkpoint
-from transfer.onnx_export import session
-from transfer.pipeline import data_root, resolve_config
-from transfer.prune import (
+from transfer.compression.catalogue import build_catalogue
+from transfer.compression.prune import (
     PruneSettings,
     count_flops,
     distill_finetune,
@@ -45,8 +41,12 @@ from transfer.prune import (
     save_trunk,
     trunk_features,
 )
-from transfer.publish import REFERENCE, device_name, evaluate_head, measure_latency, publish_trunk
-from transfer.quantize import QuantSettings, convert_fp16, feature_parity, parity_problem, quantize_int8
+from transfer.compression.quantize import QuantSettings, convert_fp16, feature_parity, parity_problem, quantize_int8
+from transfer.data.coco import CocoTask, load_coco
+from transfer.export.onnx_graphs import session
+from transfer.export.publish import REFERENCE, device_name, evaluate_head, measure_latency, publish_trunk
+from transfer.train import data_root, resolve_config
+from transfer.training.multitask_model import load_checkpoint
 
 CATALOGUE = "catalogue.json"
 
@@ -105,7 +105,7 @@ def _fresh(ws: Workspace, name: str, parent: str, settings: dict) -> bool:
 
 def _task_images(cfg, root: Path) -> list[Path]:
     """Training images of every trunk task (deduplicated, sorted), then unlabelled images if any."""
-    from transfer.train import load_tasks
+    from transfer.training.loop import load_tasks
 
     files = set()
     for task in load_tasks(cfg, root, "train").values():
@@ -305,10 +305,10 @@ def run_compress_bench(
     """
     included = {key: read_json(path) for key, path in (reports or {}).items()}  # fail before the slow part
     from shared.trunk import trunk_config
-    from transfer.catalogue import best_admitted, compress_benchmark, load_catalogue, teacher_footprint
-    from transfer.evaluate import coco_map
-    from transfer.pipeline import post_config
-    from transfer.predict import detect_split, torch_detector
+    from transfer.compression.catalogue import best_admitted, compress_benchmark, load_catalogue, teacher_footprint
+    from transfer.evaluation.coco_map import coco_map
+    from transfer.evaluation.predict import detect_split, torch_detector
+    from transfer.train import post_config
 
     ws = Workspace.at(workdir)
     catalogue = load_catalogue(ws.trunk_dir)

@@ -1,69 +1,62 @@
-"""COCO mAP with faster-coco-eval, from detections in original image pixels."""
+"""`polyhead eval`: COCO mAP of one task, offline (onnxruntime) or through a detector passed in (a server)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from transfer.coco import CocoTask
+from shared.artifacts import read_json
+from shared.workspace import Workspace
+from transfer.data.coco import CocoTask
+from transfer.data.datasets import read_rgb
+from transfer.evaluation.coco_map import ImageDetections, coco_map
+from transfer.evaluation.predict import detect_split, onnx_detector
+from transfer.export.onnx_graphs import session
 
 
-@dataclass(frozen=True)
-class ImageDetections:
-    """Detections of one image in original pixels.
+class RemoteDetector(Protocol):
+    """What evaluation needs of a served detector (``serving.client.Detector`` is one).
 
-    Attributes:
-        image_id: COCO image id in the task's file.
-        boxes: ``(K, 4)`` x1, y1, x2, y2.
-        scores: ``(K,)``.
-        labels: ``(K,)`` contiguous class index (mapped back to category ids for COCO).
+    ``detect(image, tasks=task)`` takes one RGB uint8 image (H, W, 3) and returns one result per
+    image; ``result[task]`` holds detections with ``box`` (x1, y1, x2, y2 in original pixels),
+    ``score`` and ``class_id``.
     """
 
-    image_id: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
+    def detect(self, images: np.ndarray, tasks: str) -> Sequence:  # noqa: D102
+        ...
 
 
-def coco_map(task: CocoTask, detections: Iterable[ImageDetections]) -> dict[str, float]:
-    """mAP@[.5:.95] and mAP50 of ``detections`` against ``task``'s annotations.
+def evaluate_task(
+    workdir: str | Path, task: str, val: CocoTask, variant: str = "reference", detector: RemoteDetector | None = None
+) -> dict[str, float]:
+    """mAP@[.5:.95] and mAP50 of ``task`` on ``val``.
 
-    Returns:
-        ``{"map": float, "map50": float}`` in [0, 1] (0 when there are no detections).
+    Offline (``detector`` None) it runs ``trunk/<variant>`` + ``heads/<task>`` with onnxruntime;
+    otherwise it sends the original images to ``detector`` (e.g. a ``Detector`` on Triton's
+    ``detect_<task>``), one at a time.
     """
-    from faster_coco_eval import COCO, COCOeval_faster
+    ws = Workspace.at(workdir)
+    head_dir = ws.require(ws.head(task), f"no head for task {task!r}; train it or run `polyhead add-task`")
+    input_size = int(read_json(head_dir / "head.json", "head metadata")["input_size"])
+    if detector is None:
+        ws.require(ws.variant(variant), f"no trunk variant {variant!r}; run `polyhead train` or `compress`")
+        det = onnx_detector(session(ws.variant(variant) / "model.onnx", 2), session(head_dir / "model.onnx"))
+        return coco_map(val, detect_split(val, input_size, det, progress=True))
+    return coco_map(val, _detect_remotely(detector, task, val))
 
-    gt = {
-        "images": [{"id": i, "file_name": im.file_name, "width": im.width, "height": im.height}
-                   for i, im in task.images.items()],
-        "categories": [{"id": c, "name": n} for c, n in task.categories],
-        "annotations": [],
-    }
-    for crowd, per_image in ((0, task.annotations), (1, task.crowd)):
-        for image_id, anns in per_image.items():
-            for a in anns:
-                x, y, w, h = a.bbox
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
-                                          "category_id": a.category_id, "bbox": [x, y, w, h], "area": w * h,
-                                          "iscrowd": crowd})
-    to_cat = task.label_to_cat_id
-    results = []
-    for det in detections:
-        for box, score, label in zip(det.boxes, det.scores, det.labels):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            results.append({"image_id": int(det.image_id), "category_id": int(to_cat[int(label)]),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
-    if not results:
-        return {"map": 0.0, "map50": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(gt)
-        coco_dt = coco_gt.loadRes(results)
-        ev = COCOeval_faster(coco_gt, coco_dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1])}
+
+def _detect_remotely(detector: RemoteDetector, task: str, val: CocoTask) -> list[ImageDetections]:
+    out = []
+    for image_id, im in val.images.items():
+        [result] = detector.detect(read_rgb(val.images_dir / im.file_name), tasks=task)
+        dets = result[task]
+        out.append(ImageDetections(
+            image_id,
+            np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4),
+            np.array([d.score for d in dets], dtype=np.float32),
+            np.array([d.class_id for d in dets], dtype=np.int64),
+        ))
+    return out

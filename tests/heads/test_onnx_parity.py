@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from heads.export import OUTPUT_NAMES, ExportableHead
+from heads.exportable import OUTPUT_NAMES, ExportableHead
 from heads.head import DetectionHead, HeadConfig
 from heads.postprocess import PostprocessConfig, postprocess
 from shared.trunk import build_trunk
-from transfer.onnx_export import export_head, export_trunk, session
+from transfer.export.onnx_graphs import export_head, export_trunk, session
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_head_onnx_detections_equal_torch(tmp_path, trunk_and_head):
 
 
 def test_detection_agreement_counts_matching_detections():
-    from transfer.onnx_export import detection_agreement
+    from transfer.export.onnx_graphs import detection_agreement
 
     boxes = np.array([[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]]], np.float32)
     out = [np.array([[2]]), boxes, np.array([[0.9, 0.8, 0.0]], np.float32), np.array([[1, 2, -1]])]

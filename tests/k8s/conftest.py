@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from k8s_helpers import OVERLAYS, render
+
+from tests.k8s.manifests import OVERLAYS, render
 
 
 @pytest.fixture(scope="session")

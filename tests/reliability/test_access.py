@@ -5,12 +5,12 @@ import urllib.request
 
 import pytest
 
-from serving.admin import GRPC_ADMIN_HEADER, ModelControl, control_headers, restricted_flags
+from serving.bench.load_generator import BackgroundTraffic
 from serving.client import AsyncDetector, Detector
-from serving.loadgen import BackgroundTraffic
-from serving.manifest_facts import ADMIN_KEY_ENV, ADMIN_KEY_HEADER
-from serving.repository import add_task_to_repository, set_live_trunk_version
-from serving.server import EmbeddedTriton
+from serving.triton.deployment_facts import ADMIN_KEY_ENV, ADMIN_KEY_HEADER
+from serving.triton.embedded_server import EmbeddedTriton
+from serving.triton.model_control import GRPC_ADMIN_HEADER, ModelControl, control_headers, restricted_flags
+from serving.triton.repository import add_task_to_repository, set_live_trunk_version
 from shared.errors import ServingError
 
 KEY = "s3cret-Key_42"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from serving.client import Detector
-from serving.server import group_processes
+from serving.triton.embedded_server import group_processes
 from shared.errors import ServingError
 
 pytestmark = pytest.mark.triton

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from serving.client_core import prepare_batch, to_images
+from serving.client.protocol import prepare_batch, to_images
 from shared.errors import ConfigError, DataError, InputError
-from transfer.coco import CocoTask, load_coco
 from transfer.config import PolyheadConfig, config_from_dict, load_config
+from transfer.data.coco import CocoTask, load_coco
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

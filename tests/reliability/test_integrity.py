@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from serving.client import Detector
-from serving.model_configs import read_config
-from serving.repository import build_repository, set_live_trunk_version
+from serving.triton.model_configs import read_config
+from serving.triton.repository import build_repository, set_live_trunk_version
 from shared.errors import ServingError
 
 SHA_FIX = "rebuild the repository with `polyhead export`"

@@ -81,7 +81,7 @@ def test_add_task_killed_at_any_point_leaves_the_workspace_consistent_and_reruns
     work = tmp_path / "work"
     shutil.copytree(template / "work", work)
     data = template / "data"
-    cmd = [sys.executable, "-m", "serving.cli", "add-task", "--workdir", str(work), "--name", "shapes",
+    cmd = [sys.executable, "-m", "serving.cli.main", "add-task", "--workdir", str(work), "--name", "shapes",
            "--train-json", str(data / "shapes/train.json"), "--val-json", str(data / "shapes/val.json"),
            "--images", str(data / "images"), "--epochs", "1", "--views", "1"]
     before = _visible(work)
@@ -139,7 +139,7 @@ def test_compress_killed_mid_run_leaves_only_complete_variants_and_reruns(templa
     work = tmp_path / "work"
     shutil.copytree(template / "work", work)
     shutil.rmtree(work / "trunk/narrow")
-    cmd = [sys.executable, "-m", "serving.cli", "compress", "--workdir", str(work), "--rounds", "1",
+    cmd = [sys.executable, "-m", "serving.cli.main", "compress", "--workdir", str(work), "--rounds", "1",
            "--finetune-steps", "3", "--prune-ratio", "0.3"]
     reference = sha256_file(work / "trunk/reference/model.onnx")
 
@@ -172,8 +172,8 @@ def test_compress_killed_mid_run_leaves_only_complete_variants_and_reruns(templa
 
 
 def test_export_ignores_the_hidden_directory_a_killed_compress_leaves(workspace):
-    """``workspace``: the serving fakes' (tests/reliability/conftest.py)."""
-    from serving.repository import build_repository
+    """``workspace``: the serving fakes' (tests/conftest.py)."""
+    from serving.triton.repository import build_repository
 
     leftover = workspace / "trunk/.fp16.k2x9q1ab"  # what atomic_directory leaves when SIGKILLed mid-write
     leftover.mkdir()

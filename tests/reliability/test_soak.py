@@ -1,9 +1,6 @@
 """Sustained load: 16 clients for 60 s on the embedded server (opt-in: POLYHEAD_SOAK=1)."""
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,17 +11,9 @@ pytestmark = [
 ]
 
 
-def _soak_module():
-    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
-    spec = importlib.util.spec_from_file_location("polyhead_bench_soak", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sixteen_clients_for_sixty_seconds_fail_nothing_and_memory_stays_flat():
-    soak = _soak_module()
+    from bench import soak
+
     report = soak.run(None, clients=16, duration_s=60.0, sample_s=5.0, warmup_s=15.0)
     assert report.failed == 0, report.errors[:5]
     assert report.ok > 1000 and report.p95_ms == report.p95_ms  # p95 reported (not nan)

@@ -14,21 +14,21 @@ import torch
 from PIL import Image
 
 import transfer.add_task as add_task_mod
-import transfer.feature_cache as cache_mod
-from serving.cli import main as cli_main
-from serving.hot_add import TritonHotAdd
+import transfer.training.feature_cache as cache_mod
+from serving.cli.main import main as cli_main
+from serving.triton.hot_add import TritonHotAdd
 from shared.artifacts import sha256_file
 from shared.errors import ArtifactError, ConfigError, DataError, ServingError
 from shared.workspace import Workspace
 from transfer.add_task import add_task
-from transfer.feature_cache import (
+from transfer.data.synth import CLASSES
+from transfer.training.feature_cache import (
     HeadTrainConfig,
     OnnxTrunk,
     build_feature_cache,
     check_trunk_matches_onnx,
     load_frozen_trunk,
 )
-from transfer.synth import CLASSES
 
 SIZE = 64
 FAST = HeadTrainConfig(epochs=2, batch_size=16)
@@ -108,7 +108,7 @@ def test_trunk_is_bit_identical_before_and_after(env, monkeypatch):
 
 def test_feature_cache_flip_view_mirrors_features(env):
     work, train, _, images = env
-    from transfer.coco import load_coco
+    from transfer.data.coco import load_coco
 
     trunk = load_frozen_trunk(work / "checkpoints" / "nano.pt")
     task = load_coco(train, images, name="shapes")
@@ -123,7 +123,7 @@ def test_feature_cache_flip_view_mirrors_features(env):
 def test_cache_from_the_exported_trunk_matches_the_pytorch_trunk(env):
     """add-task caches with onnxruntime; the features equal the checkpoint's within float16 rounding."""
     work, train, _, images = env
-    from transfer.coco import load_coco
+    from transfer.data.coco import load_coco
 
     trunk = load_frozen_trunk(work / "checkpoints" / "nano.pt")
     task = load_coco(train, images, name="shapes")
@@ -276,10 +276,10 @@ def test_cli_export_builds_the_repository(env, capsys):
 
 @pytest.mark.triton
 def test_hot_add_serves_the_new_task_while_existing_requests_never_fail(env, monkeypatch):
-    import serving.hot_add as serving_hot_add
+    import serving.triton.hot_add as serving_hot_add
     from serving.client import Detector
-    from serving.repository import build_repository
-    from serving.server import EmbeddedTriton, free_port
+    from serving.triton.embedded_server import EmbeddedTriton, free_port
+    from serving.triton.repository import build_repository
 
     work, train, val, images = env
     repo = build_repository(work, max_batch_size=4).path

@@ -1,0 +1,156 @@
+"""`polyhead add-task | export | serve | infer`: parse arguments, call the library, print results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+#: ``serving.triton.model_configs.HEADS_LAYOUTS``, spelled here so that parsing the command line imports no protobuf.
+LAYOUTS = ("per_task", "shared", "in_trunk")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM rolls back like Ctrl-C (add-task is a transaction on the workspace)
+
+
+def _cmd_add_task(args: argparse.Namespace) -> int:
+    from serving.triton.hot_add import TritonHotAdd
+    from transfer.add_task import add_task
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = add_task(args.workdir, args.name, args.train_json, args.val_json, args.images,
+                      epochs=args.epochs, views=args.views,
+                      live=TritonHotAdd(args.server) if args.server else None)
+    s = report.seconds
+    print(f"task '{report.task}': {len(report.classes)} classes ({', '.join(report.classes)}), "
+          f"head {report.head_params:,d} params -> {report.head_dir}")
+    print(f"cached {report.num_views} views of {report.num_images} images ({report.cache_mb:.1f} MB) in "
+          f"{s['cache']:.1f} s; {report.epochs} epochs in {s['train']:.1f} s "
+          f"(loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f}); total {s['total']:.1f} s")
+    print(f"{'variant':16s} {'mAP':>7s} {'mAP50':>7s}")
+    for variant, m in report.maps.items():
+        print(f"{variant:16s} {m['map']:7.3f} {m['map50']:7.3f}")
+    if report.hot_added:
+        print(f"hot-loaded task {report.task!r} at {args.server} in {s['hot_add']:.1f} s "
+              "(no restart; the other tasks kept serving)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from serving.triton.repository import build_repository
+
+    summary = build_repository(Path(args.workdir), backend=args.backend, dynamic_batching=args.dynamic_batching,
+                               tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
+                               heads_layout=args.heads_layout or default_layout(args.backend))
+    versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
+    layout = summary.options.heads_layout.replace("_", "-")
+    print(f"wrote {summary.path} ({summary.options.backend} backend, {layout} heads, input {summary.input_size}): "
+          f"trunk versions {versions}; tasks {', '.join(summary.tasks)}")
+    print(f"models: {', '.join(summary.models)}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.triton.embedded_server import EmbeddedTriton
+    from serving.triton.repository import build_repository
+
+    repo = Path(args.workdir) / "model_repository"
+    if not (repo / "build.json").is_file():
+        print(f"no repository at {repo}; building it ({args.heads_layout.replace('_', '-')} heads)")
+        repo = build_repository(Path(args.workdir), heads_layout=args.heads_layout).path
+    server = EmbeddedTriton(repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+                            host=args.host)
+    server.start()
+    print(f"serving {repo} at grpc {server.url}, http {server.http_url}, metrics {server.metrics_url} "
+          f"(ready in {server.startup_s:.1f} s; log {server.log_path}); Ctrl-C stops it", flush=True)
+    server.serve_forever()
+    print("server stopped")
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from serving.client import Detector
+    from transfer.data.datasets import read_rgb
+
+    image = read_rgb(Path(args.image))
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    with Detector(args.server, timeout_s=args.timeout) as det:
+        [result] = det.detect(image, tasks)
+    out = {}
+    for task, dets in sorted(result.detections.items()):
+        print(f"{task}: {len(dets)} detection(s)")
+        for d in dets:
+            x1, y1, x2, y2 = d.box
+            print(f"  {d.class_name:16s} {d.score:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+        out[task] = [{"class": d.class_name, "class_id": d.class_id, "score": d.score, "box": list(d.box)}
+                     for d in dets]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"image": str(args.image), "detections": out}, indent=2) + "\n")
+    return 0
+
+
+def default_layout(backend: str) -> str:
+    """The heads layout for ``backend``: in-trunk for python (one backend process), per-task for onnxruntime."""
+    return "in_trunk" if backend == "python" else "per_task"
+
+
+def add_heads_layout(parser: argparse.ArgumentParser, default: str | None, help_text: str) -> None:
+    """Add ``--heads-layout per-task|shared|in-trunk``; ``args.heads_layout`` is the library's spelling.
+
+    ``default`` ``None``: the backend's default (:func:`default_layout`), resolved by the command.
+    """
+    parser.add_argument("--heads-layout", type=lambda text: text.replace("-", "_"), choices=LAYOUTS,
+                        default=default, metavar="{per-task,shared,in-trunk}", help=help_text)
+
+
+def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``add-task``, ``export``, ``serve`` and ``infer`` to the ``polyhead`` subcommands.
+
+    Args:
+        sub: The top-level subparsers.
+        add_workdir: Adds the shared ``--workdir`` option to a parser.
+    """
+    a = sub.add_parser("add-task", help="train only a new head on the frozen trunk; export it; optionally hot-load it")
+    add_workdir(a)
+    a.add_argument("--name", required=True, help="new task name: [a-z][a-z0-9_]{0,31}")
+    a.add_argument("--train-json", required=True, help="COCO training annotations")
+    a.add_argument("--val-json", required=True, help="COCO validation annotations (same categories)")
+    a.add_argument("--images", required=True, help="directory that file_name entries are relative to")
+    a.add_argument("--epochs", type=int, default=20, help="head training epochs (default: %(default)s)")
+    a.add_argument("--views", type=int, default=2,
+                   help="cached views per image: 1 plain, 2 + flip, more + random augmentation (default: %(default)s)")
+    a.add_argument("--server", help="HOST:PORT (gRPC) of a running `polyhead serve` to hot-load the task into")
+    a.set_defaults(func=_cmd_add_task)
+
+    e = sub.add_parser("export", help="generate the Triton model repository from the workspace")
+    add_workdir(e)
+    e.add_argument("--backend", choices=("python", "onnxruntime"), default="python",
+                   help="python: embedded server (CPU); onnxruntime: NGC image (default: %(default)s)")
+    e.add_argument("--dynamic-batching", action="store_true", help="enable the dynamic batcher (pays on GPUs)")
+    e.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator (onnxruntime backend only)")
+    e.add_argument("--max-batch-size", type=int, default=8, help="largest batch per execution (default: %(default)s)")
+    add_heads_layout(e, None,
+                     "per-task: one head_<task> model each; shared: one `heads` model hosting every head; "
+                     "in-trunk: the trunk model hosts every head (shared and in-trunk: python backend only; "
+                     "docs/benchmarks.md compares them) (default: in-trunk for python, per-task for onnxruntime)")
+    e.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("serve", help="run the embedded Triton server on the workspace's repository")
+    add_workdir(s)
+    s.add_argument("--host", default="127.0.0.1", help="address every endpoint binds to (default: %(default)s)")
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    add_heads_layout(s, "in_trunk", "layout when the repository must be built first (see `polyhead export`)")
+    s.set_defaults(func=_cmd_serve)
+
+    i = sub.add_parser("infer", help="detect objects in one image through a running server")
+    i.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of Triton's gRPC endpoint")
+    i.add_argument("--image", required=True, help="image file")
+    i.add_argument("--tasks", help="comma-separated tasks (default: every served task, one fan-out call)")
+    i.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds")
+    i.add_argument("--json", help="also write the detections here as JSON")
+    i.set_defaults(func=_cmd_infer)

@@ -1,0 +1,10 @@
+"""The client SDK: ``Detector`` (sync) and ``AsyncDetector`` (asyncio) over Triton gRPC, and their result types.
+
+``protocol`` holds the transport-free parts (image checks, request planning, decoding) and
+``detector`` the gRPC clients; import from here, not from those modules. Imports ``shared`` only.
+"""
+
+from serving.client.detector import AsyncDetector, Detector
+from serving.client.protocol import Detection, ImageResult, UnknownTaskError
+
+__all__ = ["AsyncDetector", "Detection", "Detector", "ImageResult", "UnknownTaskError"]

@@ -1,0 +1,1 @@
+"""Data: validated COCO reading, torch datasets, augmentation, synthetic multi-task scenes. Imports ``shared``."""

@@ -1,0 +1,119 @@
+"""Write trained weights into the workspace as ONNX files + metadata (``variant.json``, ``head.json``)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heads.head import DetectionHead
+from heads.postprocess import PostprocessConfig
+from shared.artifacts import atomic_directory, atomic_write_json, read_json, sha256_file
+from shared.backbone import count_parameters
+from shared.contract import contract_to_dict
+from shared.trunk import Trunk
+from shared.workspace import Workspace
+from transfer.data.coco import CocoTask
+from transfer.evaluation.coco_map import coco_map
+from transfer.evaluation.predict import detect_split, iterate_split, onnx_detector
+from transfer.export.onnx_graphs import export_head, export_trunk, session
+from transfer.training.multitask_model import TaskInfo
+
+REFERENCE = "reference"
+
+
+def device_name() -> str:
+    """Short name of the device latencies are measured on."""
+    return f"cpu-{platform.machine()}-{torch.get_num_threads()}t"
+
+
+def measure_latency(sess, images: np.ndarray, repeats: int = 20) -> float:
+    """Median wall time in ms of ``sess.run`` on ``images`` (after one warm-up run)."""
+    sess.run(None, {"images": images})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, {"images": images})
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def sample_images(task: CocoTask, size: int, n: int) -> torch.Tensor:
+    """The first ``n`` letterboxed images of a split: ``(n, 3, S, S)`` uint8."""
+    batch = next(iterate_split(task, size, batch_size=n))[0]
+    return torch.from_numpy(batch)
+
+
+def publish_trunk(
+    ws: Workspace, trunk: Trunk, name: str, input_size: int, check_images: torch.Tensor, extra: dict | None = None
+) -> Path:
+    """Export ``trunk`` as variant ``name``: ``trunk/<name>/model.onnx`` + ``variant.json`` (atomic)."""
+    with atomic_directory(ws.variant(name), replace=True) as tmp:
+        diff = export_trunk(trunk, tmp / "model.onnx", input_size, check_images)
+        sess = session(tmp / "model.onnx", threads=2)
+        latency = {f"b{b}": measure_latency(sess, np.repeat(check_images[:1].numpy(), b, 0)) for b in (1, 8)}
+        meta = {
+            "name": name,
+            "input_size": input_size,
+            "contract": contract_to_dict(trunk.feature_specs),
+            "channels": {s.name: s.channels for s in trunk.feature_specs},
+            "trunk_config": trunk.cfg.to_dict(),
+            "params": count_parameters(trunk),
+            "size_bytes": (tmp / "model.onnx").stat().st_size,
+            "sha256": sha256_file(tmp / "model.onnx"),
+            "precision": "fp32",
+            "parity_max_abs_diff": diff,
+            "latency_ms": {device_name(): latency},
+            "map": {},
+            "admitted": True,
+            **(extra or {}),
+        }
+        atomic_write_json(tmp / "variant.json", meta)
+    return ws.variant(name)
+
+
+def publish_head(
+    ws: Workspace,
+    task: str,
+    head: DetectionHead,
+    info: TaskInfo,
+    input_size: int,
+    post: PostprocessConfig,
+    check_features: list[dict[str, torch.Tensor]],
+    extra: dict | None = None,
+) -> Path:
+    """Export a head: ``heads/<task>/model.onnx`` + ``head.json`` (atomic; mAP filled by :func:`evaluate_head`)."""
+    with atomic_directory(ws.head(task), replace=True) as tmp:
+        export_head(head, tmp / "model.onnx", input_size, post, check_features)
+        meta = {
+            "task": task,
+            "classes": list(info.classes),
+            "category_ids": list(info.category_ids),
+            "input_size": input_size,
+            "max_dets": post.max_dets,
+            "score_threshold": post.score_threshold,
+            "iou_threshold": post.iou_threshold,
+            "contract": contract_to_dict(head.specs),
+            "head_config": {"num_classes": head.cfg.num_classes, "width": head.cfg.width, "depth": head.cfg.depth},
+            "params": count_parameters(head),
+            "sha256": sha256_file(tmp / "model.onnx"),
+            "map": {},
+            **(extra or {}),
+        }
+        atomic_write_json(tmp / "head.json", meta)
+    return ws.head(task)
+
+
+def evaluate_head(ws: Workspace, task: str, variant: str, val: CocoTask, input_size: int) -> dict[str, float]:
+    """COCO mAP of head ``task`` on trunk ``variant`` via onnxruntime; recorded in both json files."""
+    trunk_sess = session(ws.variant(variant) / "model.onnx", threads=2)
+    head_sess = session(ws.head(task) / "model.onnx")
+    result = coco_map(val, detect_split(val, input_size, onnx_detector(trunk_sess, head_sess)))
+    for path, key in ((ws.head(task) / "head.json", variant), (ws.variant(variant) / "variant.json", task)):
+        meta = read_json(path)
+        meta["map"][key] = result
+        atomic_write_json(path, meta)
+    return result
