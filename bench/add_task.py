@@ -1,6 +1,6 @@
 """Head-only `add-task` vs full fine-tuning of trunk + head, on a 500-image new task, in one run.
 
-    .venv/bin/python bench/add_task.py --workdir polyhead-work [--epochs 10] [--json OUT]
+    .venv/bin/python -m bench.add_task --workdir polyhead-work [--epochs 10] [--json OUT]
 
 ``--workdir`` is a trained workspace (``polyhead train`` or ``make demo``); it is not modified:
 both contenders work on a copy under ``<workdir>-bench-add-task``. The new task is the synthetic
@@ -28,8 +28,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 TASK = "shapes"
 
 

@@ -1,6 +1,6 @@
 """Reproduce the compression benchmark end to end on this machine (docs/benchmarks.md, "Compression").
 
-    .venv/bin/python bench/compress.py --workdir polyhead-compress [--epochs 6] [--json OUT]
+    .venv/bin/python -m bench.compress --workdir polyhead-compress [--epochs 6] [--json OUT]
 
 Steps: synthetic data (400 train / 100 val / 200 unlabelled, 256 px), a short sparse training of the
 student trunk (``bn_l1``), `polyhead compress` (2 prune rounds with distillation fine-tuning, INT8,
@@ -17,9 +17,6 @@ import time
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:

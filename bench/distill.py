@@ -1,6 +1,6 @@
 """Distillation gain: the student trunk trained with and without a teacher, same data, same budget.
 
-    .venv/bin/python bench/distill.py --root polyhead-distill [--epochs 8] [--json OUT]
+    .venv/bin/python -m bench.distill --root polyhead-distill [--epochs 8] [--json OUT]
 
 Both runs share one synthetic dataset (400 train / 100 val / 200 unlabelled images, 256 px),
 the config (student trunk, 192 px, ``--epochs`` epochs, same seed) and the loop; the only
@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _train(ws: Path, epochs: int, teacher_weights: str | None) -> dict:

@@ -1,7 +1,9 @@
-"""What the shared trunk buys on a GPU: the torch-eager counterpart of bench/head_cost.py.
+"""What the shared trunk buys on a GPU: the torch-eager counterpart of bench.head_cost.
 
-    python3 bench/gpu.py [--device cuda] [--size 192] [--batches 1,8,32] [--runs 100] [--tasks 1,2,4,8]
+    python3 -m bench.gpu [--device cuda] [--size 192] [--batches 1,8,32] [--runs 100] [--tasks 1,2,4,8]
                          [--precisions fp32,fp16] [--no-cuda-graphs] [--json gpu_bench.json]
+
+Run from the repository root; it needs only torch and numpy (of the project: ``shared`` and ``heads``).
 
 One process, random weights (latency does not depend on them), random uint8 images of ``--size``:
 
@@ -11,7 +13,7 @@ One process, random weights (latency does not depend on them), random uint8 imag
 2. Head latency H of a ``DetectionHead`` (``--head-width/--head-depth``, default 96/2, 3 classes) on the
    student contract: forward
    alone, and forward + eager post-processing (decode + per-class NMS, heads/postprocess.py; class biases
-   raised so NMS sees up to 1000 candidates, as in bench/head_cost.py).
+   raised so NMS sees up to 1000 candidates, as in bench.head_cost).
 3. N tasks per image at ``--share-batches``: shared (trunk once + N heads, each with its post-processing)
    against independent (N x (trunk + head)); images/s, the measured ratio and ``N(T+H)/(T+NH)`` from T
    and H measured next to them.
@@ -47,12 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from heads.head import DetectionHead, HeadConfig  # noqa: E402
-from heads.postprocess import PostprocessConfig, postprocess  # noqa: E402
-from shared.trunk import TRUNK_SIZES, Trunk, TrunkConfig  # noqa: E402
+from heads.head import DetectionHead, HeadArchitecture
+from heads.postprocess import PostprocessConfig, postprocess
+from shared.trunk import TRUNK_SIZES, Trunk, TrunkConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CL = torch.channels_last
@@ -86,7 +85,7 @@ def pruned_config(cfg: TrunkConfig, ratio: float) -> TrunkConfig:
 
 def make_head(trunk: Trunk, dtype: torch.dtype, device: torch.device, width: int, depth: int) -> DetectionHead:
     """A 3-class head on ``trunk``'s contract, class/box biases +3 so NMS sees many candidates."""
-    head = DetectionHead(trunk.feature_specs, HeadConfig(num_classes=3, width=width, depth=depth)).eval()
+    head = DetectionHead(trunk.feature_specs, HeadArchitecture(num_classes=3, width=width, depth=depth)).eval()
     with torch.no_grad():
         for pred in head.preds.values():
             pred.bias.add_(3.0)
@@ -145,7 +144,7 @@ class Bench:
     def _meta(self) -> dict:
         a, cuda = self.args, self.device.type == "cuda"
         return {
-            "command": "python3 bench/gpu.py " + " ".join(sys.argv[1:]),
+            "command": "python3 -m bench.gpu " + " ".join(sys.argv[1:]),
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if cuda else platform.processor() or "cpu",
             "torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,

@@ -1,6 +1,6 @@
 """What a head costs next to the trunk (H/T), by head width and depth: the ceiling of sharing.
 
-    .venv/bin/python bench/head_cost.py --workdir polyhead-work [--threads 1]
+    .venv/bin/python -m bench.head_cost --workdir polyhead-work [--threads 1]
 
 Serving N tasks on one image costs ``T + N*H`` shared against ``N*(T + H)`` independent, so the
 speed-up is ``N(T+H)/(T+NH)``: 5x at N = 8 needs ``H/T <= 0.094``, 3x at N = 4 ``<= 0.125``.
@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _session(path: Path, threads: int):  # noqa: ANN202
@@ -56,12 +53,12 @@ def main() -> int:
     import torch
 
     from heads.exportable import OUTPUT_NAMES, ExportableHead
-    from heads.head import DetectionHead, HeadConfig
+    from heads.head import DetectionHead, HeadArchitecture
     from heads.postprocess import PostprocessConfig
     from shared.artifacts import read_json
     from shared.contract import default_contract
     from shared.workspace import Workspace
-    from transfer.export.onnx_graphs import _export_bytes, export_head
+    from transfer.export.onnx_graphs import export_head, export_onnx_bytes
 
     ws = Workspace.at(args.workdir)
     size = int(read_json(ws.variant("reference") / "variant.json")["input_size"])
@@ -77,7 +74,7 @@ def main() -> int:
     specs = default_contract(feats["p3"].shape[1])
     with tempfile.TemporaryDirectory() as tmp:
         for width, depth in ((96, 2), (64, 2), (64, 1), (48, 1), (32, 1)):
-            head = DetectionHead(specs, HeadConfig(num_classes=3, width=width, depth=depth)).eval()
+            head = DetectionHead(specs, HeadArchitecture(num_classes=3, width=width, depth=depth)).eval()
             with torch.no_grad():
                 for m in head.modules():
                     if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
@@ -91,7 +88,7 @@ def main() -> int:
                 dyn = Path(tmp) / "dynamic.onnx"
                 exportable = ExportableHead(head, PostprocessConfig(0.05, 0.6, 100)).eval()
                 dummy = tuple(torch.from_numpy(feats[n]) for n in ("p3", "p4", "p5"))
-                dyn.write_bytes(_export_bytes(exportable, dummy, ["p3", "p4", "p5"], list(OUTPUT_NAMES)))
+                dyn.write_bytes(export_onnx_bytes(exportable, dummy, ["p3", "p4", "p5"], list(OUTPUT_NAMES)))
                 sess = _session(dyn, args.threads)
                 rows.append(("fresh w96 d2, shapes computed in the graph", params,
                              _median_ms(lambda s=sess: s.run(None, feats))))

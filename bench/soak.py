@@ -4,9 +4,9 @@ Reports failed requests (must be 0), latency percentiles, throughput, and the se
 (PSS of tritonserver + every python-backend stub, summed over its process group) sampled every
 few seconds; memory must stay flat after warm-up.
 
-Reproduce:
-    .venv/bin/python bench/soak.py --clients 16 --duration 60            # the test suite's fake workspace
-    .venv/bin/python bench/soak.py --workdir polyhead-work --duration 60  # a real workspace (polyhead demo)
+Reproduce (from the repository root):
+    .venv/bin/python -m bench.soak --clients 16 --duration 60            # the test suite's fake workspace
+    .venv/bin/python -m bench.soak --workdir polyhead-work --duration 60  # a real workspace (polyhead demo)
     POLYHEAD_SOAK=1 .venv/bin/python -m pytest tests/reliability/test_soak.py -q
 """
 
@@ -16,20 +16,17 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from serving.client import Detector  # noqa: E402
-from serving.triton.embedded_server import EmbeddedTriton, free_port  # noqa: E402
-from serving.triton.processes import group_memory_mib  # noqa: E402
-from serving.triton.repository import build_repository  # noqa: E402
+from serving.bench.load_generator import ClosedLoopLoad, detector_client
+from serving.client import Detector
+from serving.triton.embedded_server import EmbeddedTriton, free_port
+from serving.triton.processes import group_memory_mib
+from serving.triton.repository import build_repository
 
 
 @dataclass
@@ -69,46 +66,29 @@ def fake_workspace(root: Path) -> Path:
 def soak(
     server: EmbeddedTriton, clients: int = 16, duration_s: float = 60.0, sample_s: float = 5.0, warmup_s: float = 10.0
 ) -> SoakReport:
-    """Run ``clients`` threads, each a Detector sending one image for every task, for ``duration_s``."""
+    """Run ``clients`` threads, each a Detector sending one image for every task, for ``duration_s``.
+
+    A :class:`ClosedLoopLoad` (client ``i`` starts at image ``i`` of three sizes; 30 s deadline;
+    error texts: the message cut to 300 characters); the server's PSS is sampled every
+    ``sample_s`` while it runs and once after the clients stopped.
+    """
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((240, 320), (200, 200), (120, 300))]
     with Detector(server.url) as det:
         tasks = det.tasks()
     report = SoakReport(clients=clients, duration_s=duration_s, tasks=tasks, warmup_s=warmup_s)
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    lock, stop = threading.Lock(), threading.Event()
-
-    def client(i: int) -> None:
-        with Detector(server.url, timeout_s=30) as det:
-            n = 0
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    det.detect(images[(i + n) % len(images)])
-                    latencies[i].append((time.perf_counter() - t0) * 1000)
-                except Exception as err:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        report.failed += 1
-                        report.errors.append(str(err)[:300])
-                n += 1
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    while (elapsed := time.monotonic() - t0) < duration_s:
-        report.pss_mib.append((round(elapsed, 1), round(pss_mib(server.pid), 1)))
-        time.sleep(min(sample_s, max(0.0, duration_s - elapsed)))
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    wall = time.monotonic() - t0
+    load = ClosedLoopLoad(detector_client(server.url, images, None, timeout_s=30), clients,
+                          describe=lambda err: str(err)[:300], join_timeout_s=60)
+    with load:
+        while (elapsed := load.now()) < duration_s:
+            report.pss_mib.append((round(elapsed, 1), round(pss_mib(server.pid), 1)))
+            time.sleep(min(sample_s, max(0.0, duration_s - elapsed)))
+    wall = load.elapsed_s
     report.pss_mib.append((round(wall, 1), round(pss_mib(server.pid), 1)))
-    samples = np.concatenate([np.asarray(lat) for lat in latencies])
-    report.ok = int(samples.size)
-    if samples.size:
-        report.p50_ms, report.p95_ms, report.p99_ms = (float(np.percentile(samples, q)) for q in (50, 95, 99))
-        report.max_ms = float(samples.max())
+    report.ok, report.failed, report.errors = load.ok, load.failed, load.errors
+    report.p50_ms, report.p95_ms, report.p99_ms = load.percentiles_ms((50, 95, 99)).values()
+    latencies = load.latencies_s()
+    report.max_ms = max(latencies) * 1000 if latencies else float("nan")
     report.throughput_rps = report.ok / wall
     return report
 

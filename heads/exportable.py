@@ -1,4 +1,11 @@
-"""Exportable head: decode + ONNX ``NonMaxSuppression`` inside the graph, fixed-size outputs."""
+"""Exportable head: decode + ONNX ``NonMaxSuppression`` inside the graph, fixed-size outputs.
+
+"Exportable" as in *the torch module that is traced to ONNX*: :class:`ExportableHead` wraps a
+trained :class:`~heads.head.DetectionHead` so its graph ends in final detections. Nothing here
+writes a file; tracing it to ONNX and checking parity is ``transfer.export.onnx_graphs``, putting
+the ONNX file into the workspace is ``transfer.export.publish``, and ``polyhead export`` (building
+the Triton model repository) is ``serving.triton.repository``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from heads.head import DetectionHead
+from heads.outputs import OUTPUT_NAMES
 from heads.postprocess import PostprocessConfig, decode_boxes
 from shared.nms import multiclass_nms_indices
 
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "classes")
+__all__ = ["OUTPUT_NAMES", "ExportableHead"]
 
 
 class _OnnxNMS(torch.autograd.Function):

@@ -17,8 +17,11 @@ from shared.points import grid_points
 
 
 @dataclass(frozen=True)
-class HeadConfig:
-    """Shape of a task head.
+class HeadArchitecture:
+    """Architecture of one task head module (what :class:`DetectionHead` is built from).
+
+    Not the YAML ``head:`` section (``transfer.config.HeadSection``, which sets width/depth for
+    training) nor head-only training settings (``transfer.training.feature_cache.HeadOnlyTrainConfig``).
 
     Attributes:
         num_classes: Classes of the task.
@@ -61,7 +64,7 @@ class DetectionHead(nn.Module):
     runs on every trunk variant that keeps the contract.
     """
 
-    def __init__(self, specs: Sequence[FeatureSpec], cfg: HeadConfig):
+    def __init__(self, specs: Sequence[FeatureSpec], cfg: HeadArchitecture):
         super().__init__()
         check_specs(specs)
         self.specs, self.cfg = tuple(specs), cfg

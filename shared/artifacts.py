@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ArtifactError
+from shared.errors import ArtifactError, PolyheadError
 
 
 def sha256_file(path: str | Path) -> str:
@@ -41,20 +41,61 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def atomic_write_json(
+    path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False, trailing_newline: bool = True
+) -> None:
+    """Atomically write ``obj`` as JSON (default: 2-space indent, keys in insertion order, final newline).
+
+    The keyword arguments keep each file's existing byte format: workspace metadata uses the
+    defaults, the model repository's ``build.json`` / ``versions.json`` ``sort_keys=True`` without a
+    final newline, synthetic COCO files ``indent=None`` without one.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys)
+    atomic_write_bytes(path, (text + "\n" if trailing_newline else text).encode())
 
 
-def read_json(path: str | Path, what: str = "metadata") -> Any:
-    """Read a JSON file with an error naming the file when it is missing or corrupt."""
+def read_json(
+    path: str | Path,
+    what: str = "metadata",
+    *,
+    error: type[PolyheadError] = ArtifactError,
+    fix: str = "regenerate it",
+    missing_fix: str | None = None,
+    expect: type | None = None,
+) -> Any:
+    """Read a JSON file; every failure raises ``error`` with a message naming the file and the fix.
+
+    Args:
+        path: The file.
+        what: What it holds, e.g. ``"trunk variant metadata"`` (named in the messages).
+        error: Exception class raised (:class:`ArtifactError` for workspace files,
+            :class:`~shared.errors.DataError` for datasets).
+        fix: What to do about an unreadable or corrupt file.
+        missing_fix: What to do when it does not exist (``None``: no advice).
+        expect: Type the top-level value must have (``dict``: a JSON object), or ``None`` for any.
+
+    Raises:
+        PolyheadError: ``error``, if the file is missing, unreadable, not UTF-8, not JSON or not ``expect``.
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ArtifactError(f"{what} file {path} does not exist") from None
+        raise error(f"{what} file {path} does not exist" + (f"; {missing_fix}" if missing_fix else "")) from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} file ({exc}); check the path") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8 JSON") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read as {what}; {fix}") from None
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{what} file {path} is not valid JSON ({exc}); regenerate it") from None
+        raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); {fix}") from None
+    if expect is not None and not isinstance(data, expect):
+        kind = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
+        raise error(f"{path}: {what} must be {kind}, got {type(data).__name__}; {fix}")
+    return data
 
 
 @contextlib.contextmanager

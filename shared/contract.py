@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from shared.errors import ContractError
+
+if TYPE_CHECKING:  # torch only where a module is probed: the client and Triton configs read the contract
+    import torch
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class FeatureSpec:
 def default_contract(channels: int = 64) -> tuple[FeatureSpec, ...]:
     """The standard contract: ``p3, p4, p5`` at strides 8/16/32, ``channels`` each."""
     return tuple(FeatureSpec(f"p{level}", channels, 2**level) for level in (3, 4, 5))
+
+
+#: Stride of each feature of the standard contract (:func:`default_contract`): ``{"p3": 8, ...}``.
+FEATURE_STRIDES: dict[str, int] = {s.name: s.stride for s in default_contract()}
 
 
 def contract_to_dict(specs: Sequence[FeatureSpec]) -> dict[str, dict[str, int]]:
@@ -88,6 +94,8 @@ def check_features(
 
 def probe_contract(module: torch.nn.Module, specs: Sequence[FeatureSpec], size: int = 64) -> None:
     """Run ``module`` on a blank ``(1, 3, size, size)`` uint8 image in eval mode and check ``specs``."""
+    import torch
+
     was_training = module.training
     module.eval()
     with torch.no_grad():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,11 @@ def test_library_packages_never_import_tests_or_bench() -> None:
     wrong = [f"{p.relative_to(ROOT)}:{line} imports {name}"
              for p in library for name, line in imported_packages(p) if name in ("bench", "tests")]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_client_sdk_and_the_triton_runtime_import_no_torch() -> None:
+    """A client process (or the exporter beside Triton) must not pay torch's ~200 MB import."""
+    code = ("import sys, serving.client, serving.monitoring.latency_exporter, serving.triton.repository, "
+            "serving.triton.hot_add; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "a torch import crept into the client or the Triton runtime"

@@ -11,7 +11,7 @@ import torch
 from shared.artifacts import atomic_write_bytes
 from shared.trunk import trunk_config
 from shared.workspace import Workspace
-from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
+from transfer.config import DataConfig, HeadSection, PolyheadConfig, dump_config
 from transfer.data.synth import CLASSES, generate
 from transfer.train import publish_model
 from transfer.training.multitask_model import TaskInfo, build_model, save_checkpoint
@@ -27,7 +27,7 @@ def build_tiny_workspace(root: Path, num_train: int, num_val: int, variants: dic
     ws = Workspace.at(root / "work")
     cfg = PolyheadConfig(input_size=TINY_SIZE, trunk="nano",
                          data=DataConfig(root=str(root / "data"), tasks=("signs",)),
-                         head=HeadSettings(width=16, depth=1, max_dets=20))
+                         head=HeadSection(width=16, depth=1, max_dets=20))
     atomic_write_bytes(ws.config, dump_config(cfg).encode())
     torch.manual_seed(0)
     signs = TaskInfo(CLASSES["signs"], tuple(range(1, len(CLASSES["signs"]) + 1)))

@@ -25,8 +25,16 @@ from typing import Protocol
 
 import torch
 
-from heads.head import DetectionHead, HeadConfig
-from shared.artifacts import atomic_write_json, read_json
+from heads.head import DetectionHead, HeadArchitecture
+from shared import task_names
+from shared.artifact_records import (
+    VARIANT_FILE,
+    VariantRecord,
+    read_variant_json,
+    read_variant_record,
+    record_map_result,
+)
+from shared.artifacts import atomic_write_bytes
 from shared.errors import ArtifactError, ConfigError, DataError
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, load_config
@@ -34,7 +42,7 @@ from transfer.data.coco import CocoTask, load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head
 from transfer.train import post_config
 from transfer.training.feature_cache import (
-    HeadTrainConfig,
+    HeadOnlyTrainConfig,
     OnnxTrunk,
     build_feature_cache,
     check_trunk_matches_onnx,
@@ -45,11 +53,10 @@ from transfer.training.feature_cache import (
 )
 from transfer.training.multitask_model import TaskInfo
 
-TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: ``.add-task-<name>-<host>-<pid>-<mkdtemp suffix>``: none of the parts can hold a '-'.
-_STAGE = re.compile(r"\.add-task-[a-z][a-z0-9_]*-(?P<host>[a-z0-9_]+)-(?P<pid>\d+)-[a-z0-9_]+")
+_STAGE = re.compile(rf"\.add-task-{task_names.TASK_NAME_PATTERN}-(?P<host>[a-z0-9_]+)-(?P<pid>\d+)-[a-z0-9_]+")
 #: ``heads/.<name>.rollback.<pid>``: a head being removed by a rollback that was killed.
-_ROLLBACK = re.compile(r"\.[a-z][a-z0-9_]*\.rollback\.(?P<pid>\d+)")
+_ROLLBACK = re.compile(rf"\.{task_names.TASK_NAME_PATTERN}\.rollback\.(?P<pid>\d+)")
 
 
 class LiveTarget(Protocol):
@@ -103,18 +110,14 @@ class _Inputs:
     cfg: PolyheadConfig
     train: CocoTask
     val: CocoTask
-    reference: dict
+    reference: VariantRecord
     checkpoint: Path
     variants: tuple[str, ...]
 
 
 def check_task_name(ws: Workspace, name: str) -> None:
-    """Raise :class:`ConfigError` unless ``name`` is a valid, unused task name."""
-    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
-        raise ConfigError(
-            f"task name {name!r} is invalid: use 1-32 characters, a lowercase letter then lowercase "
-            "letters, digits or '_' (it becomes Triton model and tensor names)"
-        )
+    """Raise :class:`ConfigError` unless ``name`` is a valid (:mod:`shared.task_names`), unused task name."""
+    task_names.check_task_name(name)
     if ws.head(name).exists():
         raise ConfigError(
             f"task {name!r} already exists ({ws.head(name)}); choose another name or remove that directory"
@@ -123,7 +126,7 @@ def check_task_name(ws: Workspace, name: str) -> None:
 
 def admitted_variants(ws: Workspace) -> tuple[str, ...]:
     """Names of trunk variants whose ``variant.json`` says ``admitted`` (the reference first)."""
-    names = [v for v in ws.variants() if read_json(ws.variant(v) / "variant.json").get("admitted", False)]
+    names = [v for v in ws.variants() if read_variant_json(ws.variant(v)).get("admitted", False)]
     return tuple(sorted(names, key=lambda v: (v != REFERENCE, v)))
 
 
@@ -150,10 +153,10 @@ def _validate(
             "both files must list the same category ids and names"
         )
     ref_dir = ws.require(ws.variant(REFERENCE), "export the reference trunk first (`polyhead train`)")
-    reference = read_json(ref_dir / "variant.json", "trunk variant")
+    reference = read_variant_record(ref_dir)
     ws.require(ref_dir / "model.onnx", "re-export the reference trunk (`polyhead train`)")
     cfg = load_config(ws.config) if ws.config.is_file() else PolyheadConfig()
-    checkpoint = find_trunk_checkpoint(ws.checkpoints, f"{cfg.trunk}.pt", reference.get("trunk_config"))
+    checkpoint = find_trunk_checkpoint(ws.checkpoints, f"{cfg.trunk}.pt", reference.trunk_config)
     return _Inputs(ws, cfg, train, val, reference, checkpoint, admitted_variants(ws))
 
 
@@ -163,17 +166,17 @@ def add_task(
     train_json: str | Path,
     val_json: str | Path,
     images: str | Path,
-    epochs: int = HeadTrainConfig.epochs,
+    epochs: int = HeadOnlyTrainConfig.epochs,
     live: LiveTarget | None = None,
     progress: bool = True,
     views: int = 2,
-    train_cfg: HeadTrainConfig | None = None,
+    train_cfg: HeadOnlyTrainConfig | None = None,
 ) -> AddTaskReport:
     """Train a head for a new task on the frozen reference trunk and publish it (optionally hot-load it).
 
     Args:
         workdir: The workspace (needs ``trunk/reference`` and its checkpoint).
-        name: New task name, ``[a-z][a-z0-9_]{0,31}``, not yet under ``heads/``.
+        name: New task name (:data:`shared.task_names.TASK_NAME_PATTERN`), not yet under ``heads/``.
         train_json: COCO training annotations.
         val_json: COCO validation annotations (same categories).
         images: Directory that ``file_name`` entries are relative to.
@@ -194,13 +197,13 @@ def add_task(
         ServingError: From ``live``: the server is unreachable or the hot load failed (rolled back).
     """
     t0 = time.perf_counter()
-    cfg = train_cfg if train_cfg is not None else HeadTrainConfig(epochs=epochs)
+    cfg = train_cfg if train_cfg is not None else HeadOnlyTrainConfig(epochs=epochs)
     inputs = _validate(workdir, name, train_json, val_json, images)
     remove_stale_staging(inputs.ws)
     if live is not None:
         live.check(inputs.ws.repository, name)
-    ws, size = inputs.ws, int(inputs.reference["input_size"])
-    trunk = load_frozen_trunk(inputs.checkpoint, inputs.reference.get("trunk_config"))
+    ws, size = inputs.ws, inputs.reference.input_size
+    trunk = load_frozen_trunk(inputs.checkpoint, inputs.reference.trunk_config)
     probe = next(iter_images(inputs.val, size, 4))  # (4, 3, S, S) uint8
     onnx_trunk = OnnxTrunk(ws.variant(REFERENCE) / "model.onnx", trunk.feature_specs)  # also builds the cache
     check_trunk_matches_onnx(trunk, onnx_trunk, probe)
@@ -216,8 +219,8 @@ def add_task(
             t = time.perf_counter()
             info = TaskInfo(inputs.train.class_names, tuple(c for c, _ in inputs.train.categories))
             torch.manual_seed(cfg.seed)
-            head = DetectionHead(trunk.feature_specs, HeadConfig(len(info.classes), inputs.cfg.head.width,
-                                                                 inputs.cfg.head.transfer_depth))
+            arch = HeadArchitecture(len(info.classes), inputs.cfg.head.width, inputs.cfg.head.transfer_depth)
+            head = DetectionHead(trunk.feature_specs, arch)
             losses = train_head_on_cache(head, cache, cfg, progress=progress)
             seconds["train"] = time.perf_counter() - t
             num_views, cache_mb = len(cache), cache.nbytes / 2**20
@@ -333,9 +336,7 @@ class _Commit:
             os.replace(self.head_dir, trash)
             shutil.rmtree(trash, ignore_errors=True)
         for path, data in self.originals.items():
-            tmp = path.with_name(f".{path.name}.restore")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
 
 
 def _commit(ws: Workspace, staged: Workspace, name: str, maps: dict[str, dict[str, float]]) -> _Commit:
@@ -348,11 +349,9 @@ def _commit(ws: Workspace, staged: Workspace, name: str, maps: dict[str, dict[st
     os.rename(staged.head(name), final)
     try:
         for variant, result in maps.items():
-            path = ws.variant(variant) / "variant.json"
+            path = ws.variant(variant) / VARIANT_FILE
             commit.originals[path] = path.read_bytes()
-            meta = read_json(path, "trunk variant")
-            meta.setdefault("map", {})[name] = result
-            atomic_write_json(path, meta)
+            record_map_result(path, name, result)
     except BaseException:
         commit.rollback()
         raise

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from shared.errors import ConfigError
+from shared.task_names import check_task_name
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,12 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class HeadSettings:
-    """Task head shape and detection thresholds."""
+class HeadSection:
+    """The YAML ``head:`` section: task head width/depth and detection thresholds.
+
+    Turned into a ``heads.head.HeadArchitecture`` per task (with the task's class count) when
+    heads are built; head-only training hyper-parameters are ``HeadOnlyTrainConfig``.
+    """
 
     width: int = 64  # w64 d1 (16 K params): same mAP as w96 d2 (54 K) here, 0.19 vs 0.28 ms (docs/benchmarks.md)
     depth: int = 1
@@ -90,13 +95,15 @@ class PolyheadConfig:
     teacher_weights: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    head: HeadSettings = field(default_factory=HeadSettings)
+    head: HeadSection = field(default_factory=HeadSection)
 
     def __post_init__(self):
         if self.input_size % 32 or self.input_size < 64:
             raise ConfigError(f"input_size must be a multiple of 32 and >= 64, got {self.input_size}")
         if not self.data.tasks:
             raise ConfigError("data.tasks is empty; list at least one task")
+        for task in self.data.tasks:  # serving refuses other names: fail before training, not after
+            check_task_name(task)
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

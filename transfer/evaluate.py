@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shared.artifacts import read_json
+from shared.artifact_records import read_head_record
 from shared.workspace import Workspace
 from transfer.data.coco import CocoTask
 from transfer.data.datasets import read_rgb
@@ -40,7 +40,7 @@ def evaluate_task(
     """
     ws = Workspace.at(workdir)
     head_dir = ws.require(ws.head(task), f"no head for task {task!r}; train it or run `polyhead add-task`")
-    input_size = int(read_json(head_dir / "head.json", "head metadata")["input_size"])
+    input_size = read_head_record(head_dir).input_size
     if detector is None:
         ws.require(ws.variant(variant), f"no trunk variant {variant!r}; run `polyhead train` or `compress`")
         det = onnx_detector(session(ws.variant(variant) / "model.onnx", 2), session(head_dir / "model.onnx"))

@@ -41,6 +41,7 @@ from serving.triton.embedded_server import EmbeddedTriton
 from serving.triton.processes import free_port
 from serving.triton.repository import build_repository, set_live_trunk_version
 from shared.errors import ConfigError
+from shared.workspace import Workspace
 
 
 def machine() -> dict:
@@ -117,13 +118,14 @@ def staging_workspace(workdir: Path, names: Sequence[str], dst: Path) -> dict[st
         ConfigError: A named variant does not exist.
     """
     forced: dict[str, float | None] = {}
-    shutil.copytree(Path(workdir) / "heads", dst / "heads")
+    src_ws, dst_ws = Workspace.at(workdir), Workspace.at(dst)
+    shutil.copytree(src_ws.heads_dir, dst_ws.heads_dir)
     metas = {}
     for name in names:
-        src = Path(workdir) / "trunk" / name
+        src = src_ws.variant(name)
         if not (src / "variant.json").is_file():
             raise ConfigError(f"no trunk variant {name!r} in {workdir}/trunk")
-        shutil.copytree(src, dst / "trunk" / name)
+        shutil.copytree(src, dst_ws.variant(name))
         metas[name] = json.loads((src / "variant.json").read_text())
         if not metas[name].get("admitted", False) or metas[name].get("pareto") is False:
             forced[name] = metas[name].get("max_map_drop")
@@ -131,7 +133,7 @@ def staging_workspace(workdir: Path, names: Sequence[str], dst: Path) -> dict[st
     common = set.intersection(*(set(m.get("map") or {}) for m in metas.values()))
     for name, meta in metas.items():
         meta.update(admitted=True, pareto=True, map={t: v for t, v in (meta.get("map") or {}).items() if t in common})
-        (dst / "trunk" / name / "variant.json").write_text(json.dumps(meta, indent=2))
+        (dst_ws.variant(name) / "variant.json").write_text(json.dumps(meta, indent=2))
     return forced
 
 

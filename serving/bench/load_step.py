@@ -1,11 +1,11 @@
 """A load step against a live server, with or without the latency controller, and its analysis.
 
-:class:`StepLoad` runs client threads (instrumented ``Detector`` s: the controller reads their
-histograms through Prometheus) of which the first ``n`` send requests back to back;
-:func:`run_load_step` holds ``base`` clients, steps to ``step`` clients, and back, while a
-:class:`ControllerThread` (optional) evaluates and switches. Every request is kept as a
-:class:`Sample` (send time, latency, outcome), so what clients saw is measured directly and not
-through the histograms the controller reads.
+:class:`StepLoad` (a :class:`~serving.bench.load_generator.ClosedLoopLoad`) runs client threads
+(instrumented ``Detector`` s: the controller reads their histograms through Prometheus) of which
+the first ``n`` send requests back to back; :func:`run_load_step` holds ``base`` clients, steps
+to ``step`` clients, and back, while a :class:`ControllerThread` (optional) evaluates and
+switches. Every request is kept as a :class:`Sample` (send time, latency, outcome), so what
+clients saw is measured directly and not through the histograms the controller reads.
 """
 
 from __future__ import annotations
@@ -18,24 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.client import Detector
+from serving.bench.load_generator import ClosedLoopLoad, Sample, detector_client
 from serving.controller import Controller, Decision
 from serving.monitoring.metrics import InstrumentedDetector, PolyheadMetrics
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One request as its client saw it.
-
-    Attributes:
-        t: Send time, seconds since the load started.
-        latency_s: End-to-end latency (successful calls; failed ones: time until the error).
-        ok: Whether the call succeeded.
-    """
-
-    t: float
-    latency_s: float
-    ok: bool
 
 
 @dataclass(frozen=True)
@@ -46,8 +31,12 @@ class Switch:
     decision: Decision
 
 
-class StepLoad:
-    """``max_clients`` client threads; the first :attr:`active` of them send requests back to back.
+class StepLoad(ClosedLoopLoad):
+    """``max_clients`` instrumented client threads; the first :attr:`active` of them send requests back to back.
+
+    A :class:`~serving.bench.load_generator.ClosedLoopLoad` of :func:`detector_client` s wrapped in
+    ``InstrumentedDetector`` (their histograms go to ``metrics``), none active until
+    :meth:`set_clients`; client ``i`` starts at image ``i``. Error texts: ``"TypeName: message"``.
 
     Args:
         url: Triton gRPC ``host:port``.
@@ -69,56 +58,10 @@ class StepLoad:
     ) -> None:
         self.url, self.images, self.tasks, self.metrics = url, list(images), tasks, metrics
         self.timeout_s = timeout_s
-        self.active = 0
-        self.samples: list[Sample] = []
-        self.errors: list[str] = []
-        self.t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(max_clients)]
-
-    def now(self) -> float:
-        """Seconds since the load started."""
-        return time.monotonic() - self.t0
-
-    def set_clients(self, n: int) -> None:
-        """Let the first ``n`` threads send (the others idle)."""
-        self.active = max(0, min(n, len(self._threads)))
-
-    def _run(self, index: int) -> None:
-        with InstrumentedDetector(Detector(self.url, timeout_s=self.timeout_s), self.metrics) as det:
-            i = index
-            while not self._stop.is_set():
-                if index >= self.active:
-                    self._stop.wait(0.02)
-                    continue
-                t = time.monotonic()
-                try:
-                    det.detect(self.images[i % len(self.images)], tasks=self.tasks)
-                    ok = True
-                except Exception as err:  # kept: failures are a result of the benchmark
-                    ok = False
-                    self.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
-                self.samples.append(Sample(t - self.t0, time.monotonic() - t, ok))
-                i += 1
-
-    def start(self) -> StepLoad:
-        """Start the threads (none sends until :meth:`set_clients`)."""
-        self.t0 = time.monotonic()
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop every thread (in-flight calls finish)."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.timeout_s + 5)
-
-    def __enter__(self) -> StepLoad:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        client = detector_client(
+            url, self.images, tasks, timeout_s, wrap=lambda det: InstrumentedDetector(det, metrics)
+        )
+        super().__init__(client, max_clients, active=0, join_timeout_s=timeout_s + 5)
 
 
 class ControllerThread:

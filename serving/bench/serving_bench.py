@@ -23,10 +23,10 @@ trunk batches in every case, so there the comparison is its default delay 0 agai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +37,10 @@ import onnxruntime as ort
 from tritonclient import grpc as grpcclient
 
 from serving.bench.baselines import independent_repository, replicate_workspace
+from serving.bench.load_generator import ClosedLoopLoad, percentiles_ms
 from serving.triton import model_configs as mcfg
 from serving.triton.embedded_server import EmbeddedTriton, free_port
+from serving.triton.model_names import FANOUT_MODEL
 from serving.triton.processes import group_memory_mib
 from serving.triton.repository import build_repository
 from shared.artifacts import read_json, sha256_file
@@ -56,47 +58,35 @@ def _input(image: np.ndarray) -> grpcclient.InferInput:
     return inp
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds or [float("nan")]) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
-
-
 def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int, seconds: float) -> dict:
-    """Images/s when every image needs one request to each of ``models`` (sent concurrently)."""
-    stop, lock = threading.Event(), threading.Lock()
-    lat: list[float] = []
-    errors = [0]
+    """Images/s when every image needs one request to each of ``models`` (sent concurrently).
+
+    A :class:`ClosedLoopLoad` of ``concurrency`` clients for ``seconds`` (after one warm-up request
+    per model), each request one image: one gRPC ``infer`` per model through a shared pool, all in
+    flight together, done when every one returned.
+
+    Returns:
+        ``{"img_per_s", "p50_ms", "p95_ms", "errors"}`` (latencies of the successful images).
+    """
     pool = ThreadPoolExecutor(max_workers=concurrency * len(models))
 
-    def worker() -> None:
-        client = grpcclient.InferenceServerClient(url)
+    def client(_index: int) -> contextlib.nullcontext[Callable[[], None]]:
+        grpc = grpcclient.InferenceServerClient(url)
         inp = _input(image)
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            futures = [pool.submit(client.infer, m, [inp]) for m in models]
-            try:
-                for f in futures:
-                    f.result()
-                with lock:
-                    lat.append(time.perf_counter() - t0)
-            except Exception:  # noqa: BLE001 (counted and reported)
-                with lock:
-                    errors[0] += 1
+
+        def send() -> None:
+            for future in [pool.submit(grpc.infer, m, [inp]) for m in models]:
+                future.result()
+
+        return contextlib.nullcontext(send)
 
     warm = grpcclient.InferenceServerClient(url)
     for m in models:
         warm.infer(m, [_input(image)])
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    t0 = time.time()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.time() - t0
+    with ClosedLoopLoad(client, concurrency) as load:
+        time.sleep(seconds)
     pool.shutdown()
-    return {"img_per_s": len(lat) / elapsed, **_percentiles(lat), "errors": errors[0]}
+    return {"img_per_s": load.ok_per_s(), **load.percentiles_ms((50, 95)), "errors": load.failed}
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], seconds: float, block: int = 20) -> dict[str, dict]:
@@ -116,7 +106,7 @@ def _interleaved(fns: dict[str, Callable[[], object]], seconds: float, block: in
                 t0 = time.perf_counter()
                 fn()
                 lat[name].append(time.perf_counter() - t0)
-    return {name: {**_percentiles(values), "runs": len(values)} for name, values in lat.items()}
+    return {name: {**percentiles_ms(values, (50, 95)), "runs": len(values)} for name, values in lat.items()}
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -166,7 +156,7 @@ def _latency(url: str, image: np.ndarray, reference: Callable[[], None], seconds
     """
     client = grpcclient.InferenceServerClient(url)
     inp = _input(image)
-    return _interleaved({"triton": lambda: client.infer("detect", [inp]), "ort": reference}, seconds)
+    return _interleaved({"triton": lambda: client.infer(FANOUT_MODEL, [inp]), "ort": reference}, seconds)
 
 
 def _serve(repo: Path) -> EmbeddedTriton:
@@ -242,7 +232,7 @@ def _batching_gain(
         sides = {}
         for on in (False, True):
             repo = build_repository(ws_dir, Path(tmp) / f"repo-{on}", dynamic_batching=on, heads_layout=heads_layout)
-            sides[on] = _measure(repo.path, ["detect"], image, concurrency, seconds)
+            sides[on] = _measure(repo.path, [FANOUT_MODEL], image, concurrency, seconds)
     # in_trunk's trunk batches with delay 0 even when off: "on" is the 100 us delay
     off, on = sides[False], sides[True]
     return {"tasks": n, "concurrency": concurrency,
@@ -308,7 +298,7 @@ def run_serving_bench(
             layouts = {}
             for layout in (heads_layout, *(x for x in mcfg.HEADS_LAYOUTS if x != heads_layout)):
                 repo = build_repository(ws_dir, Path(tmp) / layout, heads_layout=layout)
-                layouts[layout] = _measure(repo.path, ["detect"], image, concurrency, seconds,
+                layouts[layout] = _measure(repo.path, [FANOUT_MODEL], image, concurrency, seconds,
                                            latency_s if layout == heads_layout else 0.0, reference)
             ind_repo = Path(tmp) / "independent"
             models = independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)

@@ -1,11 +1,10 @@
-"""`polyhead compress` and `polyhead bench compress`: parse, call :mod:`transfer.compress`, print."""
+"""``polyhead compress``: parse, call :func:`transfer.compress.run_compress`, print the variant catalogue."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable
-from pathlib import Path
+
+from serving.cli.options import Subparsers, add_workdir
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -51,37 +50,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_compress(args: argparse.Namespace) -> int:
-    from transfer.compress import run_compress_bench
+def register(sub: Subparsers) -> None:
+    """Add ``compress`` to the ``polyhead`` subcommands.
 
-    reports = {"distillation": args.distill_report, "add_task": args.add_task_report}
-    result = run_compress_bench(args.workdir, reports={k: v for k, v in reports.items() if v}, variant=args.variant)
-    what = "best admitted variant" if args.variant is None else f"variant (admitted: {result['admitted']})"
-    print(f"{what}: {result['best_variant']} vs {result['baseline']}")
-    for key in ("size_ratio", "latency_ratio_b1", "latency_ratio_b8", "max_map_drop"):
-        print(f"  {key:18s} {result[key]:.3f}")
-    if "distillation" in result:
-        print(f"  distillation gain (mAP points per task): {result['distillation']['map_gain_points']}")
-    if "add_task" in result:
-        a = result["add_task"]
-        print(f"  add-task head-only {a['head_only']['seconds']:.0f} s vs full fine-tuning "
-              f"{a['full_finetune']['seconds']:.0f} s ({a['speedup']:.1f}x), mAP gap {a['map_gap_points']:+.2f} points")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
-
-
-def bench_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The sub-subparsers of `polyhead bench`, creating `bench` if no other module has yet."""
-    if "bench" not in sub.choices:
-        sub.add_parser("bench", help="benchmarks on this machine").add_subparsers(dest="bench_command", required=True)
-    parser = sub.choices["bench"]
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `compress` and `bench compress` to the `polyhead` parser."""
+    Args:
+        sub: The top-level subparsers.
+    """
     c = sub.add_parser("compress", help="prune, quantize, evaluate every head; write the variant catalogue")
     add_workdir(c)
     c.add_argument("--tolerance", type=float, default=1.0,
@@ -98,10 +72,3 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
                    help="also distil the frozen heads' outputs during the fine-tune (0 = features only; "
                         "default %(default)s)")
     c.set_defaults(func=_cmd_compress)
-    b = bench_commands(sub).add_parser("compress", help="best admitted variant vs the teacher: size, latency, mAP")
-    add_workdir(b)
-    b.add_argument("--json", help="write the result here")
-    b.add_argument("--variant", help="compare this catalogue variant instead of the best admitted one")
-    b.add_argument("--distill-report", metavar="F", help="report.json of bench/distill.py to include")
-    b.add_argument("--add-task-report", metavar="F", help="report.json of bench/add_task.py to include")
-    b.set_defaults(func=_cmd_bench_compress)

@@ -1,90 +1,21 @@
-"""``polyhead monitor`` (exporter beside Triton) and ``polyhead optimize`` (the latency controller)."""
+"""``polyhead monitor`` (exporter beside Triton) and ``polyhead optimize`` (the latency controller).
+
+Both run until SIGTERM or Ctrl-C, then stop after their current step (``args.stop_event``, from
+:mod:`serving.cli.main`). Their configuration is parsed by :mod:`serving.controller.objectives`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
+from serving.cli.options import Subparsers, add_workdir
 from shared.errors import ConfigError
-
-#: Keys of the ``polyhead optimize --config`` YAML (anything else is rejected).
-OPTIMIZE_KEYS = {
-    "prometheus", "server", "repository", "objectives_ms", "high", "low", "breach_evals",
-    "recover_evals", "cooldown_s", "interval_s", "source", "device", "metrics_port", "dry_run",
-    "batch_delays_us", "probe_margin", "probe_hold_s",
-}  # fmt: skip
-#: Options of ``ControllerConfig`` besides the objectives (flag and YAML key, same name).
-CONFIG_KEYS = (
-    "high", "low", "breach_evals", "recover_evals", "cooldown_s", "interval_s", "batch_delays_us", "probe_margin",
-    "probe_hold_s",
-)  # fmt: skip
-
-
-def parse_slo(items: list[str]) -> dict[str, float]:
-    """``["cars=50", "people=80"]`` (milliseconds) -> ``{"cars": 0.05, "people": 0.08}`` seconds.
-
-    Raises:
-        ConfigError: Malformed item or non-positive value.
-    """
-    out = {}
-    for item in items or []:
-        task, sep, value = item.partition("=")
-        try:
-            ms = float(value)
-        except ValueError:
-            ms = -1.0
-        if not sep or not task or not ms > 0:
-            raise ConfigError(f"--slo {item!r}: expected TASK=MILLISECONDS with a positive number, e.g. cars=50")
-        out[task] = ms / 1e3
-    return out
-
-
-def parse_delays(value: object) -> tuple[int | None, ...]:
-    """``"off,0,500"`` or a YAML list ``[off, 0, 500]`` -> ``(None, 0, 500)`` microseconds (off: ``None``).
-
-    Raises:
-        ConfigError: An item that is neither ``off`` nor whole microseconds >= 0.
-    """
-    from serving.controller.actuator import parse_delay
-
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"batch delays {value!r}: expected a list like 0,500,2000 (microseconds; 'off' allowed)")
-    return tuple(parse_delay(item) for item in items if not (isinstance(item, str) and not item.strip()))
-
-
-def load_optimize_yaml(path: Path) -> dict:
-    """Read the controller YAML; unknown keys are rejected by name.
-
-    Raises:
-        ConfigError: Unreadable file, not a mapping, or an unknown key.
-    """
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read controller config {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of options, got {type(data).__name__}")
-    unknown = sorted(set(data) - OPTIMIZE_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(OPTIMIZE_KEYS)}")
-    return data
-
-
-def _wait_for_signal() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    from serving.controller.objectives import parse_slo
     from serving.monitoring.latency_exporter import TritonExporter
     from serving.monitoring.metrics import PolyheadMetrics
 
@@ -95,13 +26,18 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     metrics.serve(args.metrics_port, addr=args.address)
     print(f"polyhead monitor: reading {args.triton_metrics} every {args.interval:g} s; "
           f"serving http://{args.address}:{args.metrics_port}/metrics")  # fmt: skip
-    stop = _wait_for_signal()
-    exporter.run(args.interval, stop)
+    exporter.run(args.interval, args.stop_event())
     return 0
 
 
 def _optimize_options(args: argparse.Namespace) -> dict:
-    """Command-line flags over the YAML file over defaults."""
+    """Command-line flags over the YAML file over defaults.
+
+    Raises:
+        ConfigError: A bad ``--config``, ``--slo`` or delay, or no Prometheus or server.
+    """
+    from serving.controller.objectives import CONFIG_KEYS, load_optimize_yaml, parse_delays, parse_slo
+
     opts = load_optimize_yaml(args.config) if args.config else {}
     objectives = {t: float(ms) / 1e3 for t, ms in (opts.pop("objectives_ms", None) or {}).items()}
     objectives.update(parse_slo(args.slo))
@@ -121,6 +57,7 @@ def _optimize_options(args: argparse.Namespace) -> dict:
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from serving.controller import Controller, ControllerConfig, Policy, TrunkSwitcher, read_variants
     from serving.controller.actuator import format_delay
+    from serving.controller.objectives import CONFIG_KEYS
     from serving.monitoring.metrics import PolyheadMetrics, PrometheusReader
     from serving.triton.model_control import control_headers
     from serving.triton.repository import read_trunk_versions
@@ -149,65 +86,18 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         decision = controller.step()
         print(decision.to_json() if decision else "no change")
         return 0
-    controller.run(_wait_for_signal())
+    controller.run(args.stop_event())
     for d in controller.decisions:
         print(d.to_json())
     return 0
 
 
-def _cmd_bench_controller(args: argparse.Namespace) -> int:
-    import shlex
-    import sys
+def register(sub: Subparsers) -> None:
+    """Add ``monitor`` and ``optimize`` to the ``polyhead`` subcommands.
 
-    from serving.bench.controller_bench import format_table, run_controller_bench, write_json
-
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM too: stop the embedded Triton and Prometheus on the way out
-
-    signal.signal(signal.SIGTERM, interrupt)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run_controller_bench(
-        args.workdir, parse_slo(args.slo) or None, step_s=args.duration, base_clients=args.base_clients,
-        step_clients=args.clients, warmup_s=args.warmup, after_s=args.after, window=args.window,
-        interval_s=args.interval, cooldown_s=args.cooldown, progress=lambda line: print(line, flush=True),
-        variants=args.variants.split(",") if args.variants else None, tasks=args.task or None,
-    )  # fmt: skip
-    result["command"] = shlex.join(["polyhead", *sys.argv[1:]])
-    print(format_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _register_bench(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
-    from serving.cli.compress_commands import bench_commands
-
-    b = bench_commands(sub).add_parser(
-        "controller", help="a load step with and without the latency controller: time back under the objective"
-    )
-    add_workdir(b)
-    b.add_argument("--json", help="write the result here")
-    b.add_argument("--slo", action="append", default=[], metavar="TASK=MS",
-                   help="p95 objective (repeat); default: chosen between the accurate and the light variant's p95")
-    b.add_argument("--duration", type=float, default=60.0, help="seconds of the load step (default %(default)s)")
-    b.add_argument("--clients", type=int, default=4, help="clients during the step (default %(default)s)")
-    b.add_argument("--base-clients", type=int, default=1, help="clients before and after (default %(default)s)")
-    b.add_argument("--warmup", type=float, default=15.0, help="seconds before the step (default %(default)s)")
-    b.add_argument("--after", type=float, default=90.0,
-                   help="seconds after the step, for the return to the accurate variant (default %(default)s)")
-    b.add_argument("--window", default="1m", help="rate window of the recording rules (default %(default)s, shipped)")
-    b.add_argument("--interval", type=float, default=2.0, help="controller interval, s (default %(default)s)")
-    b.add_argument("--cooldown", type=float, default=60.0, help="controller cool-down, s (default %(default)s)")
-    b.add_argument("--variants", metavar="A,B", help="compare these trunk variants even if compression did not admit "
-                   "them (the mechanism, not a production ladder; reported); default: the admitted ones")
-    b.add_argument("--task", action="append", default=[], help="task each request asks for (repeat; default: all, "
-                   "one fan-out call)")
-    b.set_defaults(func=_cmd_bench_controller)
-
-
-def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``monitor``, ``optimize`` and ``bench controller`` to the ``polyhead`` subcommands."""
+    Args:
+        sub: The top-level subparsers.
+    """
     m = sub.add_parser("monitor", help="export per-task latency histograms and the live variant beside Triton")
     m.add_argument("--triton-metrics", default="http://127.0.0.1:8002/metrics", help="Triton's metrics URL")
     m.add_argument("--server", help="Triton gRPC HOST:PORT (to export the live trunk variant)")
@@ -246,4 +136,3 @@ def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.Ar
     o.add_argument("--dry-run", action="store_true", help="log decisions without applying them")
     o.add_argument("--once", action="store_true", help="evaluate once and exit")
     o.set_defaults(func=_cmd_optimize)
-    _register_bench(sub, add_workdir)

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-from collections.abc import Callable
 from pathlib import Path
 
-#: ``serving.triton.model_configs.HEADS_LAYOUTS``, spelled here so that parsing the command line imports no protobuf.
-LAYOUTS = ("per_task", "shared", "in_trunk")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM rolls back like Ctrl-C (add-task is a transaction on the workspace)
+from serving.cli.options import Subparsers, add_heads_layout, add_workdir, default_layout
 
 
 def _cmd_add_task(args: argparse.Namespace) -> int:
     from serving.triton.hot_add import TritonHotAdd
     from transfer.add_task import add_task
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    # add-task is a transaction on the workspace: SIGTERM rolls it back like Ctrl-C (serving.cli.main)
     report = add_task(args.workdir, args.name, args.train_json, args.val_json, args.images,
                       epochs=args.epochs, views=args.views,
                       live=TritonHotAdd(args.server) if args.server else None)
@@ -92,26 +85,11 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_layout(backend: str) -> str:
-    """The heads layout for ``backend``: in-trunk for python (one backend process), per-task for onnxruntime."""
-    return "in_trunk" if backend == "python" else "per_task"
-
-
-def add_heads_layout(parser: argparse.ArgumentParser, default: str | None, help_text: str) -> None:
-    """Add ``--heads-layout per-task|shared|in-trunk``; ``args.heads_layout`` is the library's spelling.
-
-    ``default`` ``None``: the backend's default (:func:`default_layout`), resolved by the command.
-    """
-    parser.add_argument("--heads-layout", type=lambda text: text.replace("-", "_"), choices=LAYOUTS,
-                        default=default, metavar="{per-task,shared,in-trunk}", help=help_text)
-
-
-def register(sub: argparse._SubParsersAction, add_workdir: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(sub: Subparsers) -> None:
     """Add ``add-task``, ``export``, ``serve`` and ``infer`` to the ``polyhead`` subcommands.
 
     Args:
         sub: The top-level subparsers.
-        add_workdir: Adds the shared ``--workdir`` option to a parser.
     """
     a = sub.add_parser("add-task", help="train only a new head on the frozen trunk; export it; optionally hot-load it")
     add_workdir(a)

@@ -1,7 +1,8 @@
 """The client SDK: ``Detector`` (sync) and ``AsyncDetector`` (asyncio) over Triton gRPC, and their result types.
 
 ``protocol`` holds the transport-free parts (image checks, request planning, decoding) and
-``detector`` the gRPC clients; import from here, not from those modules. Imports ``shared`` only.
+``detector`` the gRPC clients; import from here, not from those modules. Imports ``shared``,
+``serving.triton.model_names`` (the model and tensor names) and ``serving.triton.model_control`` only.
 """
 
 from serving.client.detector import AsyncDetector, Detector

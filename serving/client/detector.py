@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 from serving.client import protocol as core
 from serving.client.protocol import ImageResult, UnknownTaskError
 from serving.triton.model_control import is_restricted_error
+from serving.triton.model_names import FANOUT_MODEL, TRUNK_MODEL, task_model, task_of_model
 from shared.errors import ServingError
 
 __all__ = ["AsyncDetector", "Detector"]
@@ -67,7 +68,7 @@ class _Base:
 
     def _set_index(self, models: Sequence) -> list[str]:
         ready = sorted(
-            m.name[len("detect_") :] for m in models if m.name.startswith("detect_") and m.state == "READY"
+            task for m in models if (task := task_of_model(m.name)) is not None and m.state == "READY"
         )
         self._tasks, self._tasks_at = tuple(ready), time.monotonic()
         self._configs.clear()  # reloaded models may have new configs
@@ -102,18 +103,18 @@ class _Base:
 
     def _plan(self, tasks: Sequence[str] | str | None) -> tuple[tuple[str, ...], list[core.ModelPlan]]:
         wanted = core.resolve_tasks(tasks, self._tasks or ())
-        fan = core.ensemble_tasks(self._configs["detect"]) if "detect" in self._configs else ()
+        fan = core.ensemble_tasks(self._configs[FANOUT_MODEL]) if FANOUT_MODEL in self._configs else ()
         return wanted, core.plan_models(wanted, fan)
 
     def _config_names(self, plans: list[core.ModelPlan]) -> list[str]:
         """Configs needed before inferring ``plans`` (not cached yet)."""
-        names = ["trunk"] if self._input_size is None else []
-        names += [p.model for p in plans] + [f"detect_{t}" for p in plans for t in p.tasks]
+        names = [TRUNK_MODEL] if self._input_size is None else []
+        names += [p.model for p in plans] + [task_model(t) for p in plans for t in p.tasks]
         return [n for n in dict.fromkeys(names) if n not in self._configs]
 
     def _size(self) -> int:
         if self._input_size is None:
-            self._input_size = int(self._configs["trunk"].input[0].dims[-1])  # images [3, S, S]
+            self._input_size = int(self._configs[TRUNK_MODEL].input[0].dims[-1])  # images [3, S, S]
         return self._input_size
 
     def _chunks(self, plan: core.ModelPlan, n: int) -> list[tuple[int, int]]:
@@ -124,7 +125,7 @@ class _Base:
         self, results: list[dict], plan: core.ModelPlan, start: int, outputs: dict, infos: list
     ) -> None:
         for task in plan.tasks:
-            names = core.class_names(self._configs[f"detect_{task}"], f"detect_{task}")
+            names = core.class_names(self._configs[task_model(task)], task_model(task))
             for i, dets in enumerate(core.decode(outputs, plan, task, infos, names)):
                 results[start + i][task] = dets
 
@@ -195,8 +196,8 @@ class Detector(_Base):
         """
         arrays = core.to_images(images)
         self.tasks()
-        if "detect" in self._ready_models and "detect" not in self._configs:
-            self._configs["detect"] = self._config("detect")
+        if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in self._configs:
+            self._configs[FANOUT_MODEL] = self._config(FANOUT_MODEL)
         try:
             wanted, plans = self._plan(tasks)
         except UnknownTaskError:  # maybe hot-added since the last look
@@ -267,8 +268,8 @@ class AsyncDetector(_Base):
         """Async :meth:`Detector.detect`; batches of one call run concurrently."""
         arrays = core.to_images(images)
         await self.tasks()
-        if "detect" in self._ready_models and "detect" not in self._configs:
-            self._configs["detect"] = await self._config("detect")
+        if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in self._configs:
+            self._configs[FANOUT_MODEL] = await self._config(FANOUT_MODEL)
         try:
             wanted, plans = self._plan(tasks)
         except UnknownTaskError:

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.triton.model_names import FANOUT_MODEL, HEAD_OUTPUTS, head_output, split_head_output, task_model
 from shared.errors import InputError, PolyheadError, ServingError
 from shared.letterbox import LetterboxInfo, letterbox
-
-HEAD_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
 
 
 class UnknownTaskError(PolyheadError, LookupError):
@@ -69,7 +68,7 @@ class ModelPlan:
 
     def output_names(self) -> list[str]:
         """Outputs to request (only the planned tasks' outputs)."""
-        return [f"{t}_{o}" if self.prefixed else o for t in self.tasks for o in HEAD_OUTPUTS]
+        return [head_output(t, o) if self.prefixed else o for t in self.tasks for o in HEAD_OUTPUTS]
 
 
 def to_images(images: object) -> list[np.ndarray]:
@@ -148,8 +147,8 @@ def plan_models(tasks: tuple[str, ...], fanout_tasks: Sequence[str]) -> list[Mod
     fan = tuple(t for t in tasks if t in fanout_tasks)
     if len(fan) < 2:
         fan = ()
-    plans = [ModelPlan("detect", fan, True)] if fan else []
-    plans += [ModelPlan(f"detect_{t}", (t,), False) for t in tasks if t not in fan]
+    plans = [ModelPlan(FANOUT_MODEL, fan, True)] if fan else []
+    plans += [ModelPlan(task_model(t), (t,), False) for t in tasks if t not in fan]
     return plans
 
 
@@ -174,7 +173,7 @@ def decode(
     """
 
     def get(name: str) -> np.ndarray:
-        return outputs[f"{task}_{name}" if plan.prefixed else name]
+        return outputs[head_output(task, name) if plan.prefixed else name]
 
     num, boxes, scores, labels = get("num_dets"), get("boxes"), get("scores"), get("classes")
     per_image = []
@@ -226,4 +225,5 @@ def ready_from_statistics(stats: object) -> list[ServedModel]:
 
 def ensemble_tasks(config: object) -> tuple[str, ...]:
     """Tasks a fan-out ``detect`` config serves (from its ``<task>_boxes`` outputs)."""
-    return tuple(o.name[: -len("_boxes")] for o in config.output if o.name.endswith("_boxes"))
+    parsed = (split_head_output(o.name) for o in config.output)
+    return tuple(p[0] for p in parsed if p is not None and p[1] == "boxes")

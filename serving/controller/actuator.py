@@ -18,8 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.triton.model_names import TRUNK_MODEL
 from serving.triton.repository import read_trunk_versions, set_live_trunk_version
 from shared.errors import ArtifactError, ConfigError, ServingError
+from shared.workspace import Workspace
 
 #: A dynamic-batching delay in microseconds; ``None``: dynamic batching off.
 Delay = int | None
@@ -105,7 +107,7 @@ def read_variants(workdir: Path, versions: Path | Mapping[int, str], device: str
         versions = read_trunk_versions(versions)
     usable: list[tuple[int, str, dict]] = []
     for version, name in versions.items():
-        path = Path(workdir) / "trunk" / name / "variant.json"
+        path = Workspace.at(workdir).variant(name) / "variant.json"
         meta = json.loads(path.read_text()) if path.is_file() else {}
         if meta.get("admitted", False) and meta.get("pareto") is not False:
             usable.append((version, name, meta))
@@ -175,11 +177,11 @@ class TrunkSwitcher:
 
     def served_config(self, address: str | None = None) -> object:
         """The trunk's ``ModelConfig`` as ``address`` (default: the first replica) serves it."""
-        return self._call(address or self.replicas()[0], "get_model_config", "trunk").config
+        return self._call(address or self.replicas()[0], "get_model_config", TRUNK_MODEL).config
 
     def live_version(self) -> int:
         """Highest ready version of ``trunk`` (on the first replica)."""
-        meta = self._call(self.replicas()[0], "get_model_metadata", "trunk")
+        meta = self._call(self.replicas()[0], "get_model_metadata", TRUNK_MODEL)
         return max(int(v) for v in meta.versions)
 
     def versions(self) -> dict[int, str]:
@@ -200,7 +202,7 @@ class TrunkSwitcher:
     def _reload(self, address: str, cfg: object) -> None:
         from google.protobuf.json_format import MessageToJson
 
-        self._call(address, "load_model", "trunk", config=MessageToJson(cfg, preserving_proto_field_name=True))
+        self._call(address, "load_model", TRUNK_MODEL, config=MessageToJson(cfg, preserving_proto_field_name=True))
 
     def apply(self, variant: Variant) -> None:
         """Make ``variant`` live on every replica (the live batching delay is kept).

@@ -27,6 +27,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.monitoring.metrics import LATENCY_BUCKETS, PolyheadMetrics
+from serving.triton.model_names import FANOUT_MODEL, TRUNK_MODEL, task_of_model
 from shared.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,10 @@ def parse_triton_counters(text: str) -> dict[str, dict[str, float]]:
 
 def model_tasks(model: str, served: list[str]) -> list[str]:
     """Task labels of ``model``'s observations (see the module docstring)."""
-    if model == "detect":
+    if model == FANOUT_MODEL:
         return served
-    if model.startswith("detect_"):
-        return [model[len("detect_") :]]
-    return [""]
+    task = task_of_model(model)
+    return [task] if task is not None else [""]
 
 
 class TritonExporter:
@@ -147,7 +147,7 @@ class TritonExporter:
         last, self._last = self._last, counters
         if last is None:
             return
-        served = sorted(m[len("detect_") :] for m in counters if m.startswith("detect_"))
+        served = sorted(task for m in counters if (task := task_of_model(m)) is not None)
         with self._lock:
             for model, now in counters.items():
                 before = last.get(model, {})
@@ -169,8 +169,8 @@ class TritonExporter:
         if self._client is None:
             self._client = grpcclient.InferenceServerClient(self.server)
         try:
-            meta = self._client.get_model_metadata("trunk", client_timeout=self.timeout_s)
-            cfg = self._client.get_model_config("trunk", client_timeout=self.timeout_s).config
+            meta = self._client.get_model_metadata(TRUNK_MODEL, client_timeout=self.timeout_s)
+            cfg = self._client.get_model_config(TRUNK_MODEL, client_timeout=self.timeout_s).config
         except InferenceServerException as err:
             raise ServingError(f"cannot read the trunk's live version from {self.server}: {err.message()}") from err
         names = json.loads(cfg.parameters["versions"].string_value) if "versions" in cfg.parameters else {}

@@ -37,6 +37,7 @@ from threading import Thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from serving.client.protocol import UnknownTaskError
+from serving.triton.model_names import FANOUT_MODEL, task_model
 from shared.errors import ConfigError, InputError, ServingError
 
 #: Latency buckets (seconds): dense between 1 ms and 100 ms where objectives live, up to 2 s.
@@ -222,7 +223,7 @@ class InstrumentedDetector:
             self._record_failure(tasks, err)
             raise
         wanted = self._wanted(tasks)
-        model = "detect" if len(wanted) > 1 else f"detect_{wanted[0]}"
+        model = FANOUT_MODEL if len(wanted) > 1 else task_model(wanted[0])
         self.metrics.observe(wanted, model, time.perf_counter() - t0)
         return result
 

@@ -8,7 +8,15 @@ Change a port or a name here and in the code together; the tests say where the m
 
 from __future__ import annotations
 
-import re
+from serving.triton.model_names import (  # noqa: F401 (re-exported: the manifests are checked against them)
+    FANOUT_MODEL,
+    MODEL_NAME_RE,
+    SHARED_HEADS_MODEL,
+    TRUNK_MODEL,
+    head_model,
+    task_model,
+)
+from shared.task_names import TASK_NAME_PATTERN  # noqa: F401 (re-exported)
 
 #: Triton's listening ports (``EmbeddedTriton`` defaults; the NGC image's defaults too).
 HTTP_PORT = 8000
@@ -25,15 +33,11 @@ REPOSITORY_DIRNAME = "model_repository"
 
 #: Model names of the repository (``serving.triton.repository``): one trunk, one head (or one shared
 #: ``heads`` model) and one single-task ensemble per task, and the fan-out ensemble over every task.
-TRUNK_MODEL = "trunk"
-FANOUT_MODEL = "detect"
-HEAD_MODEL = "head_{task}"
-TASK_MODEL = "detect_{task}"
-TASK_NAME_PATTERN = r"[a-z0-9][a-z0-9_]{0,62}"  # serving.triton.workspace_artifacts._TASK_NAME
-SHARED_HEADS_MODEL = "heads"
-MODEL_NAME_RE = re.compile(
-    rf"^(?:{TRUNK_MODEL}|{FANOUT_MODEL}|{SHARED_HEADS_MODEL}|head_{TASK_NAME_PATTERN}|detect_{TASK_NAME_PATTERN})$"
-)
+#: The rule is :mod:`serving.triton.model_names` (``TRUNK_MODEL``, ``FANOUT_MODEL``,
+#: ``SHARED_HEADS_MODEL``, ``MODEL_NAME_RE``, imported above); task names follow
+#: :data:`shared.task_names.TASK_NAME_PATTERN`. As format strings (``.format(task=...)``):
+HEAD_MODEL = head_model("{task}")
+TASK_MODEL = task_model("{task}")
 
 #: Header carrying the model-control key when Triton restricts the ``model-repository`` protocol
 #: (``--grpc-restricted-protocol`` / ``--http-restricted-api``), and the environment variable

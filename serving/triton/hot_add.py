@@ -13,8 +13,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serving.triton.model_configs import TRUNK_MODEL, heads_host
+from serving.triton.model_configs import heads_host
 from serving.triton.model_control import ModelControl
+from serving.triton.model_names import (
+    FANOUT_MODEL,
+    TRUNK_MODEL,
+    head_model,
+    task_model,
+    task_of_head_model,
+    task_of_model,
+)
 from serving.triton.repository import (
     add_task_to_repository,
     heads_root,
@@ -22,6 +30,7 @@ from serving.triton.repository import (
     live_heads_version,
     read_options,
 )
+from shared.artifacts import atomic_write_bytes
 from shared.errors import ArtifactError, ConfigError, ServingError
 
 SERVER_ADDRESS = re.compile(r"[^\s:/]+:\d{1,5}")
@@ -53,7 +62,7 @@ class TritonHotAdd:
         """
         if not (repo / "build.json").is_file():
             raise ArtifactError(f"{repo} is not a model repository; build it (`polyhead export`) and serve it first")
-        for model in (f"head_{name}", f"detect_{name}"):
+        for model in (head_model(name), task_model(name)):
             if (repo / model).exists():
                 raise ArtifactError(f"{repo / model} already exists; remove it or choose another task name")
         with ModelControl(self.server, self.key, self.timeout_s) as control:
@@ -61,7 +70,7 @@ class TritonHotAdd:
                 states = {m.name: m.state for m in control.index()}
             except ServingError as exc:
                 raise ServingError(f"{exc}; is `polyhead serve` running at {self.server}?") from None
-        if states.get("trunk") != "READY" or "detect" not in states:
+        if states.get(TRUNK_MODEL) != "READY" or FANOUT_MODEL not in states:
             raise ServingError(
                 f"the server at {self.server} has no ready 'trunk' and 'detect' (models: {sorted(states)}); "
                 f"is it serving {repo}?"
@@ -82,12 +91,12 @@ class TritonHotAdd:
         """
         opts = read_options(repo)
         host = heads_host(opts)
-        kept = [repo / "detect" / "config.pbtxt", repo / "build.json"]
+        kept = [repo / FANOUT_MODEL / "config.pbtxt", repo / "build.json"]
         if host is not None:
             kept.append(repo / host / "config.pbtxt")
         saved = {p: p.read_bytes() for p in kept if p.is_file()}
-        new_leaf = heads_root(repo, opts) / str(live_heads_version(repo, opts) + 1) if host else repo / f"head_{name}"
-        added, loaded = (new_leaf, repo / f"detect_{name}"), []
+        new_leaf = heads_root(repo, opts) / str(live_heads_version(repo, opts) + 1) if host else repo / head_model(name)
+        added, loaded = (new_leaf, repo / task_model(name)), []
         with ModelControl(self.server, self.key, self.timeout_s) as control:
             served_trunk = control.config(TRUNK_MODEL) if host == TRUNK_MODEL else None
             try:
@@ -145,22 +154,20 @@ def _undo(
             os.rename(path, trash / path.name)
             shutil.rmtree(trash, ignore_errors=True)
     for path, data in saved.items():
-        tmp = path.with_name(f".{path.name}.restore")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     for model in reversed(loaded):
-        if model == "detect":
+        if model == FANOUT_MODEL:
             continue  # reloaded below in every case
         try:
             if model == TRUNK_MODEL:
                 control.load(model, config=_with_heads(served_trunk, repo))
-            elif not model.startswith(("head_", "detect_")):  # the shared ``heads`` model
+            elif task_of_head_model(model) is None and task_of_model(model) is None:  # the shared ``heads`` model
                 control.load(model)
             else:
                 control.unload(model)
         except ServingError:
             pass
     try:
-        control.load("detect")  # back to the restored fan-out
+        control.load(FANOUT_MODEL)  # back to the restored fan-out
     except ServingError:
         pass

@@ -21,20 +21,19 @@ runs them side by side on ``request_workers`` threads (onnxruntime releases the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.triton.workspace_artifacts import FEATURE_STRIDES, HeadArtifact
+from serving.triton.model_names import HEAD_OUTPUTS, SHARED_HEADS_MODEL, TRUNK_MODEL, head_model, head_output
+from serving.triton.workspace_artifacts import HeadArtifact
+from shared.artifacts import atomic_write_bytes
+from shared.contract import FEATURE_STRIDES
 from shared.errors import ArtifactError, ConfigError
 
-HEAD_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
-HEADS_MODEL = "heads"  # the one model hosting every head (shared layout)
-TRUNK_MODEL = "trunk"
+HEADS_MODEL = SHARED_HEADS_MODEL  # the one model hosting every head (shared layout)
 IN_TRUNK_HEADS_DIR = "heads"  # in_trunk layout: trunk/heads/<generation>/<task>.onnx
 _BACKENDS = ("python", "onnxruntime")
 HEADS_LAYOUTS = ("per_task", "shared", "in_trunk")
@@ -126,13 +125,14 @@ def feature_dims(input_size: int, channels: dict[str, int]) -> dict[str, list[in
 
 
 def head_output_dims(max_dets: int) -> dict[str, tuple[int, list[int]]]:
-    """``name -> (data_type, per-item dims)`` of a head's outputs."""
-    return {
+    """``name -> (data_type, per-item dims)`` of a head's outputs, in :data:`HEAD_OUTPUTS` order."""
+    dims = {
         "num_dets": (mc.TYPE_INT64, [1]),
         "boxes": (mc.TYPE_FP32, [max_dets, 4]),
         "scores": (mc.TYPE_FP32, [max_dets]),
         "classes": (mc.TYPE_INT64, [max_dets]),
     }
+    return {name: dims[name] for name in HEAD_OUTPUTS}
 
 
 def _leaf(name: str, opts: RepositoryOptions, instances: int, threads: int) -> mc.ModelConfig:
@@ -211,7 +211,7 @@ def head_config(head: HeadArtifact, channels: dict[str, int], opts: RepositoryOp
 
     The ``sha256`` parameter (of the head's ``model.onnx``) is checked by the python backend at load.
     """
-    cfg = _leaf(f"head_{head.task}", opts, opts.head_instances, opts.head_threads)
+    cfg = _leaf(head_model(head.task), opts, opts.head_instances, opts.head_threads)
     for name, dims in feature_dims(head.input_size, channels).items():
         _tensor(cfg.input, name, mc.TYPE_FP32, dims)
     for name, (dtype, dims) in head_output_dims(head.max_dets).items():
@@ -246,7 +246,7 @@ def add_heads(cfg: mc.ModelConfig, heads: list[HeadArtifact]) -> None:
     """Outputs ``<task>_<output>`` of every head and the ``heads`` parameter (JSON task -> sha256)."""
     for head in sorted(heads, key=lambda h: h.task):
         for name, (dtype, dims) in head_output_dims(head.max_dets).items():
-            _tensor(cfg.output, f"{head.task}_{name}", dtype, dims)
+            _tensor(cfg.output, head_output(head.task, name), dtype, dims)
     cfg.parameters["heads"].string_value = json.dumps({h.task: h.sha256 for h in sorted(heads, key=lambda h: h.task)})
 
 
@@ -302,12 +302,12 @@ def ensemble_config(
     for task, max_dets in sorted(heads.items()):
         if step is None or host is None:
             step = cfg.ensemble_scheduling.step.add()
-            step.model_name, step.model_version = host or f"head_{task}", -1
+            step.model_name, step.model_version = host or head_model(task), -1
             for feat in FEATURE_STRIDES:
                 step.input_map[feat] = f"_{feat}"
         for out, (dtype, dims) in head_output_dims(max_dets).items():
-            ens_name = f"{task}_{out}" if prefix_outputs else out
-            step.output_map[f"{task}_{out}" if host else out] = ens_name
+            ens_name = head_output(task, out) if prefix_outputs else out
+            step.output_map[head_output(task, out) if host else out] = ens_name
             _tensor(cfg.output, ens_name, dtype, dims)
     cfg.parameters["tasks"].string_value = json.dumps(sorted(heads))
     return cfg
@@ -315,16 +315,7 @@ def ensemble_config(
 
 def write_config(cfg: mc.ModelConfig, path: Path) -> None:
     """Write ``cfg`` as protobuf text to ``path`` atomically (temp file beside, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text_format.MessageToString(cfg))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text_format.MessageToString(cfg).encode())
 
 
 def read_config(path: Path) -> mc.ModelConfig:

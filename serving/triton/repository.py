@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.triton import model_configs as mcfg
+from serving.triton.model_names import FANOUT_MODEL, TRUNK_MODEL, head_model, task_model
 from serving.triton.workspace_artifacts import (
-    FEATURE_STRIDES,
     HeadArtifact,
     check_compatible,
     check_head,
@@ -47,7 +47,12 @@ from serving.triton.workspace_artifacts import (
     read_trunks,
     verify_sha256,
 )
+from shared.artifacts import atomic_write_json, read_json
+from shared.contract import FEATURE_STRIDES
 from shared.errors import ArtifactError, ConfigError
+
+#: Byte format of ``build.json`` / ``versions.json`` (sorted keys, no final newline), unchanged since first written.
+_JSON_FORMAT = {"sort_keys": True, "trailing_newline": False}
 
 BACKEND_MODEL_PY = Path(__file__).resolve().parent / "backend" / "model.py"
 
@@ -153,14 +158,14 @@ def build_repository(
         for version, variant in versions.items():
             trunk = by_variant[variant]
             verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
-            _place_leaf(trunk.onnx, tmp / "trunk" / str(version), opts)
+            _place_leaf(trunk.onnx, tmp / TRUNK_MODEL / str(version), opts)
         shas = {v: by_variant[n].sha256 for v, n in versions.items()}  # checked by the backend at load
         in_trunk = opts.heads_layout == "in_trunk"
         if in_trunk:
-            _write_head_files(tmp / "trunk" / mcfg.IN_TRUNK_HEADS_DIR / "1", heads, {})
+            _write_head_files(tmp / TRUNK_MODEL / mcfg.IN_TRUNK_HEADS_DIR / "1", heads, {})
         mcfg.write_config(
             mcfg.trunk_config(input_size, channels, versions, opts, live, shas, heads if in_trunk else None),
-            tmp / "trunk/config.pbtxt",
+            tmp / TRUNK_MODEL / "config.pbtxt",
         )
         if opts.heads_layout == "shared":
             _write_shared_heads(tmp / mcfg.HEADS_MODEL, 1, heads, channels, opts, {})
@@ -169,7 +174,9 @@ def build_repository(
                 _write_head(tmp, head, channels, opts)
             _write_task_ensemble(tmp, head, opts)
         _write_fanout(tmp, {h.task: h.max_dets for h in heads}, input_size, opts)
-        _write_json(tmp / "versions.json", {"trunk": {str(v): n for v, n in versions.items()}})
+        atomic_write_json(
+            tmp / "versions.json", {TRUNK_MODEL: {str(v): n for v, n in versions.items()}}, **_JSON_FORMAT
+        )
         tasks = tuple(h.task for h in heads)
         _write_build(tmp, opts, input_size, channels, tasks)
         _swap_dir(tmp, out)
@@ -233,19 +240,19 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
         heads = {t: h.max_dets for t, h in others.items()} | {task: head.max_dets}
     else:
         heads = {}
-        for cfg_path in sorted(repo.glob("head_*/config.pbtxt")):
+        for cfg_path in sorted(repo.glob(f"{head_model('*')}/config.pbtxt")):
             cfg = mcfg.read_config(cfg_path)
             heads[cfg.parameters["task"].string_value] = int(cfg.parameters["max_dets"].string_value)
     _write_fanout(repo, heads, input_size, opts)
     tasks = tuple(sorted(heads))
     _write_build(repo, opts, input_size, channels, tasks)
-    versions = {int(v): n for v, n in json.loads((repo / "versions.json").read_text())["trunk"].items()}
+    versions = {int(v): n for v, n in json.loads((repo / "versions.json").read_text())[TRUNK_MODEL].items()}
     return _summary(repo, versions, tasks, input_size, opts)
 
 
 def hot_add_models(opts: mcfg.RepositoryOptions, task: str) -> tuple[str, ...]:
     """The models to load, in order, after :func:`add_task_to_repository` wrote ``task``."""
-    return (mcfg.heads_host(opts) or f"head_{task}", f"detect_{task}", "detect")
+    return (mcfg.heads_host(opts) or head_model(task), task_model(task), FANOUT_MODEL)
 
 
 def read_options(repo: Path) -> mcfg.RepositoryOptions:
@@ -266,7 +273,7 @@ def live_heads_version(repo: Path, opts: mcfg.RepositoryOptions) -> int:
 def heads_root(repo: Path, opts: mcfg.RepositoryOptions) -> Path:
     """``heads/`` (shared layout: its versions) or ``trunk/heads/`` (in_trunk: generations of head files)."""
     if opts.heads_layout == "in_trunk":
-        return repo / mcfg.TRUNK_MODEL / mcfg.IN_TRUNK_HEADS_DIR
+        return repo / TRUNK_MODEL / mcfg.IN_TRUNK_HEADS_DIR
     return repo / mcfg.HEADS_MODEL
 
 
@@ -285,7 +292,7 @@ def _served_heads(repo: Path, opts: mcfg.RepositoryOptions) -> list[HeadArtifact
     version_dir = heads_root(repo, opts) / str(live_heads_version(repo, opts))
     heads = []
     for task, sha in json.loads(cfg.parameters["heads"].string_value).items():
-        p = mcfg.read_config(repo / f"detect_{task}" / "config.pbtxt").parameters
+        p = mcfg.read_config(repo / task_model(task) / "config.pbtxt").parameters
         heads.append(HeadArtifact(
             task=task, onnx=version_dir / f"{task}.onnx", classes=tuple(json.loads(p["classes"].string_value)),
             category_ids=tuple(json.loads(p["category_ids"].string_value)),
@@ -304,14 +311,14 @@ def set_live_trunk_version(repo: Path, version: int | None) -> None:
         ConfigError: If ``version`` is not a built trunk version.
     """
     repo = Path(repo)
-    path = repo / "trunk" / "config.pbtxt"
+    path = repo / TRUNK_MODEL / "config.pbtxt"
     cfg = mcfg.read_config(path)
     versions = json.loads(cfg.parameters["versions"].string_value)
     cfg.ClearField("version_policy")
     if version is None:
         cfg.version_policy.latest.num_versions = 1
     else:
-        if str(version) not in versions or not (repo / "trunk" / str(version)).is_dir():
+        if str(version) not in versions or not (repo / TRUNK_MODEL / str(version)).is_dir():
             raise ConfigError(f"trunk version {version} does not exist; built versions: {versions}")
         cfg.version_policy.specific.versions.append(int(version))
     mcfg.write_config(cfg, path)
@@ -322,7 +329,7 @@ def read_trunk_versions(repo: Path) -> dict[int, str]:
     path = Path(repo) / "versions.json"
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; build the repository first (build_repository)")
-    return {int(v): n for v, n in json.loads(path.read_text())["trunk"].items()}
+    return {int(v): n for v, n in json.loads(path.read_text())[TRUNK_MODEL].items()}
 
 
 def _assign_versions(out: Path, variants: list[str]) -> dict[int, str]:
@@ -367,8 +374,8 @@ def _write_head(
 ) -> None:
     """Write ``head_<task>`` (per-task layout) under ``root``."""
     verify_sha256(head.onnx, head.sha256, f"re-export the head with `polyhead export --task {head.task}`")
-    _place_leaf(head.onnx, root / f"head_{head.task}" / "1", opts)
-    mcfg.write_config(mcfg.head_config(head, channels, opts), root / f"head_{head.task}" / "config.pbtxt")
+    _place_leaf(head.onnx, root / head_model(head.task) / "1", opts)
+    mcfg.write_config(mcfg.head_config(head, channels, opts), root / head_model(head.task) / "config.pbtxt")
 
 
 def _write_shared_heads(
@@ -410,7 +417,7 @@ def _write_head_files(
 
 def _set_trunk_heads(repo: Path, heads: list[HeadArtifact], generation: int) -> None:
     """Rewrite ``trunk/config.pbtxt`` (in_trunk layout) to serve ``heads`` from ``generation``; other fields kept."""
-    path = repo / mcfg.TRUNK_MODEL / "config.pbtxt"
+    path = repo / TRUNK_MODEL / "config.pbtxt"
     cfg = mcfg.read_config(path)
     for i in reversed(range(len(cfg.output))):  # keep the features, drop the old heads' outputs
         if cfg.output[i].name not in FEATURE_STRIDES:
@@ -423,7 +430,7 @@ def _set_trunk_heads(repo: Path, heads: list[HeadArtifact], generation: int) -> 
 def _write_task_ensemble(root: Path, head: HeadArtifact, opts: mcfg.RepositoryOptions) -> None:
     """Write ``detect_<task>`` (trunk -> this task's head) with the task's metadata parameters."""
     ens = mcfg.ensemble_config(
-        f"detect_{head.task}",
+        task_model(head.task),
         head.input_size,
         {head.task: head.max_dets},
         opts.max_batch_size,
@@ -431,33 +438,26 @@ def _write_task_ensemble(root: Path, head: HeadArtifact, opts: mcfg.RepositoryOp
         host=mcfg.heads_host(opts),
     )
     mcfg.set_task_parameters(ens, head)
-    (root / f"detect_{head.task}" / "1").mkdir(parents=True, exist_ok=True)
-    mcfg.write_config(ens, root / f"detect_{head.task}" / "config.pbtxt")
+    (root / task_model(head.task) / "1").mkdir(parents=True, exist_ok=True)
+    mcfg.write_config(ens, root / task_model(head.task) / "config.pbtxt")
 
 
 def _write_fanout(root: Path, heads: dict[str, int], input_size: int, opts: mcfg.RepositoryOptions) -> None:
     """Write the fan-out ensemble ``detect`` (config replaced atomically)."""
-    (root / "detect" / "1").mkdir(parents=True, exist_ok=True)
+    (root / FANOUT_MODEL / "1").mkdir(parents=True, exist_ok=True)
     cfg = mcfg.ensemble_config(
-        "detect", input_size, heads, opts.max_batch_size, prefix_outputs=True, host=mcfg.heads_host(opts)
+        FANOUT_MODEL, input_size, heads, opts.max_batch_size, prefix_outputs=True, host=mcfg.heads_host(opts)
     )
-    mcfg.write_config(cfg, root / "detect" / "config.pbtxt")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=".json-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    mcfg.write_config(cfg, root / FANOUT_MODEL / "config.pbtxt")
 
 
 def _write_build(
     root: Path, opts: mcfg.RepositoryOptions, size: int, channels: dict[str, int], tasks: tuple[str, ...]
 ) -> None:
-    _write_json(
+    atomic_write_json(
         root / "build.json",
         {"options": dataclasses.asdict(opts), "input_size": size, "channels": channels, "tasks": list(tasks)},
+        **_JSON_FORMAT,
     )
 
 
@@ -467,7 +467,7 @@ def _read_build(repo: Path) -> dict:
         raise ArtifactError(
             f"{repo} is not a polyhead repository ({path.name} missing); build it first with build_repository"
         )
-    return json.loads(path.read_text())
+    return read_json(path, "repository build", fix="rebuild it with build_repository", expect=dict)
 
 
 def _swap_dir(new: Path, dst: Path) -> None:
@@ -486,8 +486,8 @@ def _summary(
     path: Path, versions: dict[int, str], tasks: tuple[str, ...], size: int, opts: mcfg.RepositoryOptions
 ) -> RepositorySummary:
     tasks = tuple(sorted(tasks))
-    leaves = {"shared": (mcfg.HEADS_MODEL,), "in_trunk": ()}.get(opts.heads_layout, tuple(f"head_{t}" for t in tasks))
-    models = ("trunk", *leaves, *(f"detect_{t}" for t in tasks), "detect")
+    leaves = {"shared": (mcfg.HEADS_MODEL,), "in_trunk": ()}.get(opts.heads_layout, tuple(map(head_model, tasks)))
+    models = (TRUNK_MODEL, *leaves, *map(task_model, tasks), FANOUT_MODEL)
     return RepositorySummary(
         path=path, trunk_versions=versions, tasks=tasks, models=models, input_size=size, options=opts
     )

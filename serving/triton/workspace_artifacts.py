@@ -5,23 +5,30 @@ Layout (written by the export step)::
     WORK/trunk/<variant>/model.onnx + variant.json   # name, input_size, channels, sha256, admitted
     WORK/heads/<task>/model.onnx + head.json         # task, classes, category_ids, input_size,
                                                       # max_dets, sha256
+
+The two files' schema, writer and reader are :mod:`shared.artifact_records`; this module turns the
+records into what serving needs (paths, the admitted variants, compatibility checks).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
+from shared.artifact_records import (
+    HEAD_FILE,
+    VARIANT_FILE,
+    HeadRecord,
+    VariantRecord,
+    read_head_json,
+    read_variant_json,
+)
 from shared.artifacts import sha256_file, verify_sha256  # noqa: F401 (re-exported)
+from shared.contract import FEATURE_STRIDES
 from shared.errors import ArtifactError, ContractError
-
-#: Stride of each contract feature (input pixels per feature cell).
-FEATURE_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
-_TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
+from shared.task_names import check_task_name
 
 
 @dataclass(frozen=True)
@@ -70,25 +77,6 @@ class HeadArtifact:
     meta: dict = field(repr=False, compare=False)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    """Load a metadata json or raise :class:`ArtifactError` naming the file."""
-    if not path.is_file():
-        raise ArtifactError(f"{what} metadata {path} is missing; export it first (polyhead export)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); re-export it") from err
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _need(meta: dict, key: str, path: Path) -> object:
-    if key not in meta:
-        raise ArtifactError(f"{path} lacks the key '{key}'; re-export it")
-    return meta[key]
-
-
 def read_trunks(workdir: Path) -> list[TrunkArtifact]:
     """Return the admitted trunk variants under ``WORK/trunk``, sorted by name.
 
@@ -97,23 +85,23 @@ def read_trunks(workdir: Path) -> list[TrunkArtifact]:
     """
     out = []
     for vdir in sorted(p for p in (Path(workdir) / "trunk").glob("*") if p.is_dir() and not p.name.startswith(".")):
-        path = vdir / "variant.json"
-        meta = _read_json(path, "trunk variant")
+        meta = read_variant_json(vdir)
         if not meta.get("admitted", False):
-            continue
-        if "channels" not in meta and isinstance(meta.get("contract"), dict):  # older metadata: derive it
-            meta["channels"] = {k: v["channels"] for k, v in meta["contract"].items()}
-        channels = {str(k): int(v) for k, v in dict(_need(meta, "channels", path)).items()}
+            continue  # not served: its metadata is not checked
+        record = VariantRecord.from_json(meta, vdir / VARIANT_FILE, name=vdir.name)
+        channels = dict(record.channels)
         if set(channels) != set(FEATURE_STRIDES):
-            raise ContractError(f"{path}: channels {sorted(channels)} != contract {sorted(FEATURE_STRIDES)}")
+            raise ContractError(
+                f"{vdir / VARIANT_FILE}: channels {sorted(channels)} != contract {sorted(FEATURE_STRIDES)}"
+            )
         out.append(
             TrunkArtifact(
-                name=str(meta.get("name", vdir.name)),
+                name=record.name,
                 onnx=vdir / "model.onnx",
-                input_size=int(_need(meta, "input_size", path)),
+                input_size=record.input_size,
                 channels=channels,
-                sha256=str(_need(meta, "sha256", path)),
-                meta=meta,
+                sha256=record.sha256,
+                meta={**meta, "channels": channels},
             )
         )
     if not out:
@@ -130,25 +118,18 @@ def read_head(workdir: Path, task: str) -> HeadArtifact:
     Raises:
         ArtifactError: If the head or its metadata is missing or malformed.
     """
-    if not _TASK_NAME.match(task):
-        raise ArtifactError(
-            f"task name {task!r} must match {_TASK_NAME.pattern} (it becomes Triton model and tensor names)"
-        )
+    check_task_name(task, ArtifactError)
     hdir = Path(workdir) / "heads" / task
-    path = hdir / "head.json"
-    meta = _read_json(path, f"head '{task}'")
-    classes = tuple(str(c) for c in _need(meta, "classes", path))
-    category_ids = tuple(int(c) for c in meta.get("category_ids", range(1, len(classes) + 1)))
-    if len(category_ids) != len(classes):
-        raise ArtifactError(f"{path}: {len(classes)} classes but {len(category_ids)} category_ids")
+    meta = read_head_json(hdir, f"head '{task}'")
+    record = HeadRecord.from_json(meta, hdir / HEAD_FILE, task=task)
     return HeadArtifact(
         task=task,
         onnx=hdir / "model.onnx",
-        classes=classes,
-        category_ids=category_ids,
-        input_size=int(_need(meta, "input_size", path)),
-        max_dets=int(_need(meta, "max_dets", path)),
-        sha256=str(_need(meta, "sha256", path)),
+        classes=record.classes,
+        category_ids=record.category_ids,
+        input_size=record.input_size,
+        max_dets=record.max_dets,
+        sha256=record.sha256,
         meta=meta,
     )
 

@@ -1,6 +1,6 @@
 import torch
 
-from heads.head import DetectionHead, HeadConfig
+from heads.head import DetectionHead, HeadArchitecture
 from heads.loss import DetectionLoss, LossConfig, assign, assign_batch, pad_targets
 from heads.postprocess import PostprocessConfig, postprocess
 from shared.boxes import box_iou
@@ -23,7 +23,7 @@ def _scene(n=4, size=64, seed=0):
 def test_head_and_trunk_learn_a_tiny_set():
     torch.manual_seed(0)
     trunk = build_trunk("nano")
-    head = DetectionHead(trunk.feature_specs, HeadConfig(2, width=32))
+    head = DetectionHead(trunk.feature_specs, HeadArchitecture(2, width=32))
     images, targets = _scene()
     loss_fn = DetectionLoss()
     opt = torch.optim.AdamW(list(trunk.parameters()) + list(head.parameters()), lr=5e-3)
@@ -43,7 +43,7 @@ def test_head_and_trunk_learn_a_tiny_set():
 
 def test_loss_ignores_images_without_targets():
     trunk = build_trunk("nano")
-    head = DetectionHead(trunk.feature_specs, HeadConfig(2, width=16))
+    head = DetectionHead(trunk.feature_specs, HeadArchitecture(2, width=16))
     images, targets = _scene(2)
     out = head(trunk(images))
     both = DetectionLoss()(out, targets)["total"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from heads.exportable import OUTPUT_NAMES, ExportableHead
-from heads.head import DetectionHead, HeadConfig
+from heads.head import DetectionHead, HeadArchitecture
 from heads.postprocess import PostprocessConfig, postprocess
 from shared.trunk import build_trunk
 from transfer.export.onnx_graphs import export_head, export_trunk, session
@@ -13,7 +13,7 @@ from transfer.export.onnx_graphs import export_head, export_trunk, session
 def trunk_and_head():
     torch.manual_seed(0)
     trunk = build_trunk("nano").eval()
-    head = DetectionHead(trunk.feature_specs, HeadConfig(3, width=16)).eval()
+    head = DetectionHead(trunk.feature_specs, HeadArchitecture(3, width=16)).eval()
     with torch.no_grad():  # spread the scores so that the order of detections is unambiguous
         for pred in head.preds.values():
             pred.weight.normal_(0, 0.3)

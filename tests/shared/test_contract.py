@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from heads.head import DetectionHead, HeadConfig
+from heads.head import DetectionHead, HeadArchitecture
 from shared.backbone import count_parameters
 from shared.contract import FeatureSpec, check_features, check_specs, contract_from_dict, contract_to_dict
 from shared.errors import ContractError, InputError
@@ -55,7 +55,7 @@ def test_trunk_rejects_wrong_shaped_input():
 @pytest.mark.parametrize("size", sorted(TRUNK_SIZES))
 def test_head_is_built_from_any_contract(size):
     trunk = build_trunk(size).eval()
-    head = DetectionHead(trunk.feature_specs, HeadConfig(3)).eval()
+    head = DetectionHead(trunk.feature_specs, HeadArchitecture(3)).eval()
     with torch.no_grad():
         out = head(trunk(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)))
     anchors = sum((64 // s.stride) ** 2 for s in trunk.feature_specs)

@@ -23,7 +23,7 @@ from shared.workspace import Workspace
 from transfer.add_task import add_task
 from transfer.data.synth import CLASSES
 from transfer.training.feature_cache import (
-    HeadTrainConfig,
+    HeadOnlyTrainConfig,
     OnnxTrunk,
     build_feature_cache,
     check_trunk_matches_onnx,
@@ -31,7 +31,7 @@ from transfer.training.feature_cache import (
 )
 
 SIZE = 64
-FAST = HeadTrainConfig(epochs=2, batch_size=16)
+FAST = HeadOnlyTrainConfig(epochs=2, batch_size=16)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -222,7 +222,8 @@ def test_failure_mid_training_leaves_no_head(env, monkeypatch, exc):
     monkeypatch.setattr(cache_mod, "DetectionLoss", _FailingLoss)
     before = snapshot(work)
     with pytest.raises(type(exc)):
-        add_task(work, "shapes", train, val, images, progress=False, train_cfg=HeadTrainConfig(epochs=3, batch_size=8))
+        add_task(work, "shapes", train, val, images, progress=False,
+                 train_cfg=HeadOnlyTrainConfig(epochs=3, batch_size=8))
     assert snapshot(work) == before and not (work / "heads" / "shapes").exists()
 
 
@@ -240,15 +241,15 @@ def test_failure_after_export_rolls_back_every_file(env, monkeypatch, where):
 
         monkeypatch.setattr(add_task_mod, "evaluate_head", evaluate)
     else:  # head renamed into place, first variant.json updated, then the second write fails
-        real_write, calls = add_task_mod.atomic_write_json, []
+        real_write, calls = add_task_mod.record_map_result, []
 
-        def write(path, obj):
+        def write(path, key, result):
             calls.append(path)
             if len(calls) == 2:
                 raise OSError("disk full")
-            real_write(path, obj)
+            real_write(path, key, result)
 
-        monkeypatch.setattr(add_task_mod, "atomic_write_json", write)
+        monkeypatch.setattr(add_task_mod, "record_map_result", write)
     before = snapshot(work)
     with pytest.raises((RuntimeError, OSError)):
         add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST)

@@ -18,6 +18,7 @@ def test_defaults_round_trip_through_yaml(tmp_path):
         ({"train": {"epochs": "many"}}, "train.epochs must be int"),
         ({"input_size": 100}, "multiple of 32"),
         ({"data": {"tasks": []}}, "data.tasks is empty"),
+        ({"data": {"tasks": ["signs", "2d"]}}, "task name .2d. is invalid"),
         ({"data": "nope"}, "data must be a mapping"),
         ([1, 2], "config must be a mapping"),
     ],

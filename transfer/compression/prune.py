@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from transfer.data.datasets import ImageFolderDataset
 from transfer.training.distillation import FeatureDistiller, response_distillation
+from transfer.training.schedule import warmup_cosine_lr
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def distill_finetune(
         batch = images[idx].contiguous(memory_format=torch.channels_last)  # (B, 3, S, S) uint8
         tgt = {n: t[idx] for n, t in target.items()}
         for group in opt.param_groups:
-            group["lr"] = settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
+            group["lr"] = warmup_cosine_lr(step, settings.steps, settings.lr)
         feats = student(batch)
         loss = distiller(feats, tgt)
         if settings.response_weight > 0 and heads:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from shared.artifacts import read_json
 from shared.errors import DataError
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image before it is rejected
@@ -130,21 +130,8 @@ def load_coco(
 
 def _read_json(path: Path) -> dict[str, Any]:
     """Load the file as a JSON object holding the three COCO lists."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read annotation file ({e}); check the path") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8 JSON") from e
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to be a COCO file; fix the file") from None
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-            "fix the file or re-export it as COCO JSON"
-        ) from e
+    data = read_json(path, "COCO annotation", error=DataError, fix="fix the file or re-export it as COCO JSON",
+                     missing_fix="check the path")
     if not isinstance(data, dict):
         raise DataError(
             f"{path}: top level must be a JSON object with images, annotations, categories; "

@@ -13,8 +13,6 @@ Layout::
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from shared.artifacts import atomic_write_json
 from shared.errors import ConfigError
 from transfer.data.synth_painters import PAINTERS, background
 
@@ -135,7 +134,7 @@ def generate(
             coco = _to_coco(task, scenes[split], image_size)
             num_objects[task] += len(coco["annotations"])
             paths[task] = out / task / f"{split}.json"
-            _write_json_atomic(paths[task], coco)
+            atomic_write_json(paths[task], coco, indent=None, trailing_newline=False)  # compact, no final newline
     return SynthSummary(
         out_dir=out,
         images_dir=images_dir,
@@ -263,11 +262,3 @@ def _to_coco(task: str, scenes: list[tuple[int, str, list[SynthObject]]], size: 
         "annotations": annotations,
         "categories": categories,
     }
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON beside the target, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,4 +1,10 @@
-"""ONNX export of the trunk and of task heads, with parity checks against torch."""
+"""ONNX export of the trunk and of task heads, with parity checks against torch.
+
+"Export" here is torch -> ONNX: trace a module (the trunk, or a head wrapped as
+``heads.exportable.ExportableHead``), compare onnxruntime with torch, write ``model.onnx``.
+Recording the files and their metadata in the workspace is :mod:`transfer.export.publish`;
+``polyhead export`` (the Triton model repository) is ``serving.triton.repository``.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,15 @@ def _export_bytes(module: nn.Module, args: tuple, inputs: list[str], outputs: li
             dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, dynamo=False,
         )
     return buf.getvalue()
+
+
+def export_onnx_bytes(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str]) -> bytes:
+    """The ONNX graph (opset :data:`OPSET`) of ``module`` traced on ``args``, as bytes; nothing checked or written.
+
+    ``module`` is set to eval and traced without grad; ``inputs`` / ``outputs`` name the graph's
+    tensors (one per element of ``args`` / of the output), each with a dynamic axis 0 ``batch``.
+    """
+    return _export_bytes(module, args, inputs, outputs)
 
 
 def session(path_or_bytes: str | Path | bytes, threads: int = 1):

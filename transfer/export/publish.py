@@ -1,4 +1,7 @@
-"""Write trained weights into the workspace as ONNX files + metadata (``variant.json``, ``head.json``)."""
+"""Write trained weights into the workspace as ONNX files + metadata (``variant.json``, ``head.json``).
+
+The metadata goes through :mod:`shared.artifact_records` (the schema serving reads back).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,16 @@ import torch
 
 from heads.head import DetectionHead
 from heads.postprocess import PostprocessConfig
-from shared.artifacts import atomic_directory, atomic_write_json, read_json, sha256_file
+from shared.artifact_records import (
+    HEAD_FILE,
+    VARIANT_FILE,
+    HeadRecord,
+    VariantRecord,
+    record_map_result,
+    write_head_record,
+    write_variant_record,
+)
+from shared.artifacts import atomic_directory, sha256_file
 from shared.backbone import count_parameters
 from shared.contract import contract_to_dict
 from shared.trunk import Trunk
@@ -55,23 +67,22 @@ def publish_trunk(
         diff = export_trunk(trunk, tmp / "model.onnx", input_size, check_images)
         sess = session(tmp / "model.onnx", threads=2)
         latency = {f"b{b}": measure_latency(sess, np.repeat(check_images[:1].numpy(), b, 0)) for b in (1, 8)}
-        meta = {
-            "name": name,
-            "input_size": input_size,
-            "contract": contract_to_dict(trunk.feature_specs),
-            "channels": {s.name: s.channels for s in trunk.feature_specs},
-            "trunk_config": trunk.cfg.to_dict(),
-            "params": count_parameters(trunk),
-            "size_bytes": (tmp / "model.onnx").stat().st_size,
-            "sha256": sha256_file(tmp / "model.onnx"),
-            "precision": "fp32",
-            "parity_max_abs_diff": diff,
-            "latency_ms": {device_name(): latency},
-            "map": {},
-            "admitted": True,
-            **(extra or {}),
-        }
-        atomic_write_json(tmp / "variant.json", meta)
+        record = VariantRecord(
+            name=name,
+            input_size=input_size,
+            contract=contract_to_dict(trunk.feature_specs),
+            channels={s.name: s.channels for s in trunk.feature_specs},
+            trunk_config=trunk.cfg.to_dict(),
+            params=count_parameters(trunk),
+            size_bytes=(tmp / "model.onnx").stat().st_size,
+            sha256=sha256_file(tmp / "model.onnx"),
+            precision="fp32",
+            parity_max_abs_diff=diff,
+            latency_ms={device_name(): latency},
+            map={},
+            admitted=True,
+        )
+        write_variant_record(tmp, record.with_extra(extra))
     return ws.variant(name)
 
 
@@ -88,22 +99,21 @@ def publish_head(
     """Export a head: ``heads/<task>/model.onnx`` + ``head.json`` (atomic; mAP filled by :func:`evaluate_head`)."""
     with atomic_directory(ws.head(task), replace=True) as tmp:
         export_head(head, tmp / "model.onnx", input_size, post, check_features)
-        meta = {
-            "task": task,
-            "classes": list(info.classes),
-            "category_ids": list(info.category_ids),
-            "input_size": input_size,
-            "max_dets": post.max_dets,
-            "score_threshold": post.score_threshold,
-            "iou_threshold": post.iou_threshold,
-            "contract": contract_to_dict(head.specs),
-            "head_config": {"num_classes": head.cfg.num_classes, "width": head.cfg.width, "depth": head.cfg.depth},
-            "params": count_parameters(head),
-            "sha256": sha256_file(tmp / "model.onnx"),
-            "map": {},
-            **(extra or {}),
-        }
-        atomic_write_json(tmp / "head.json", meta)
+        record = HeadRecord(
+            task=task,
+            classes=tuple(info.classes),
+            category_ids=tuple(info.category_ids),
+            input_size=input_size,
+            max_dets=post.max_dets,
+            score_threshold=post.score_threshold,
+            iou_threshold=post.iou_threshold,
+            contract=contract_to_dict(head.specs),
+            head_config={"num_classes": head.cfg.num_classes, "width": head.cfg.width, "depth": head.cfg.depth},
+            params=count_parameters(head),
+            sha256=sha256_file(tmp / "model.onnx"),
+            map={},
+        )
+        write_head_record(tmp, record.with_extra(extra))
     return ws.head(task)
 
 
@@ -112,8 +122,6 @@ def evaluate_head(ws: Workspace, task: str, variant: str, val: CocoTask, input_s
     trunk_sess = session(ws.variant(variant) / "model.onnx", threads=2)
     head_sess = session(ws.head(task) / "model.onnx")
     result = coco_map(val, detect_split(val, input_size, onnx_detector(trunk_sess, head_sess)))
-    for path, key in ((ws.head(task) / "head.json", variant), (ws.variant(variant) / "variant.json", task)):
-        meta = read_json(path)
-        meta["map"][key] = result
-        atomic_write_json(path, meta)
+    record_map_result(ws.head(task) / HEAD_FILE, variant, result)
+    record_map_result(ws.variant(variant) / VARIANT_FILE, task, result)
     return result

@@ -34,6 +34,7 @@ from transfer.data.coco import CocoTask
 from transfer.data.datasets import MultiTaskDataset, Target, collate_multitask
 from transfer.evaluation.predict import iterate_split
 from transfer.export.onnx_graphs import session
+from transfer.training.schedule import warmup_cosine_lr
 
 PARITY_TOLERANCE = 1e-3  # max |torch - onnx| feature difference, relative to the feature scale
 FLIP = Augment(hflip_prob=1.0, scale_range=(1.0, 1.0), color_jitter=0.0)
@@ -256,8 +257,11 @@ def build_feature_cache(
 
 
 @dataclass(frozen=True)
-class HeadTrainConfig:
-    """Head-only training settings.
+class HeadOnlyTrainConfig:
+    """Hyper-parameters of head-only training on cached features (``add-task``; the trunk is frozen).
+
+    Not the head's architecture (``heads.head.HeadArchitecture``) nor the YAML ``head:`` section
+    (``transfer.config.HeadSection``).
 
     Attributes:
         epochs: Passes over the cached views.
@@ -283,17 +287,10 @@ class HeadTrainConfig:
             )
 
 
-def _lr_at(step: int, total: int, cfg: HeadTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def train_head_on_cache(
     head: DetectionHead,
     cache: FeatureCache,
-    cfg: HeadTrainConfig = HeadTrainConfig(),
+    cfg: HeadOnlyTrainConfig = HeadOnlyTrainConfig(),
     loss_fn: Callable | None = None,
     progress: bool = False,
 ) -> list[float]:
@@ -322,7 +319,7 @@ def train_head_on_cache(
         order, running = rng.permutation(n), 0.0
         for i in range(steps):
             for group in opt.param_groups:
-                group["lr"] = _lr_at(epoch * steps + i, total, cfg)
+                group["lr"] = warmup_cosine_lr(epoch * steps + i, total, cfg.lr, cfg.warmup_steps)
             feats, targets = cache.batch(order[i * batch : (i + 1) * batch])
             loss = loss_fn(head(feats), targets)["total"]
             opt.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ from transfer.data.coco import CocoTask, load_coco
 from transfer.data.datasets import MultiTaskDataset, collate_multitask
 from transfer.training.distillation import FeatureDistiller, ImageNetTeacher, response_distillation, stride_keys
 from transfer.training.multitask_model import MultiTaskModel, TaskInfo, build_model, load_checkpoint, save_checkpoint
+from transfer.training.schedule import warmup_cosine_lr
 
 
 @dataclass
@@ -44,14 +45,6 @@ def load_tasks(cfg: PolyheadConfig, root: Path, split: str) -> dict[str, CocoTas
 def task_infos(tasks: dict[str, CocoTask]) -> dict[str, TaskInfo]:
     """Class names and category ids of every task (label order = category id order)."""
     return {n: TaskInfo(t.class_names, tuple(c for c, _ in t.categories)) for n, t in tasks.items()}
-
-
-def lr_at(step: int, total: int, cfg_lr: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 5% of the peak."""
-    if step < warmup:
-        return cfg_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return cfg_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _distiller(model: MultiTaskModel, teacher: MultiTaskModel | ImageNetTeacher) -> FeatureDistiller:
@@ -130,7 +123,7 @@ def train(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
         for i, (images, targets, _) in enumerate(bar):
             for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, cfg.train.lr, cfg.train.warmup_steps)
+                group["lr"] = warmup_cosine_lr(epoch * steps_per_epoch + i, total, cfg.train.lr, cfg.train.warmup_steps)
             images = images.contiguous(memory_format=torch.channels_last)
             taps, feats, outs = model.forward_with_taps(images)
             losses = {n: loss_fn(outs[n], targets[n])["total"] for n in outs}

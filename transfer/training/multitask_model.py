@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heads.head import DetectionHead, HeadConfig, HeadOutput
+from heads.head import DetectionHead, HeadArchitecture, HeadOutput
 from shared.artifacts import atomic_write_bytes
 from shared.errors import ArtifactError
 from shared.trunk import Trunk, TrunkConfig
@@ -50,7 +50,7 @@ def build_model(trunk_cfg: TrunkConfig, tasks: dict[str, TaskInfo], width: int, 
     """Fresh model: a trunk from ``trunk_cfg`` and one head per task."""
     trunk = Trunk(trunk_cfg)
     heads = {
-        name: DetectionHead(trunk.feature_specs, HeadConfig(len(info.classes), width, depth))
+        name: DetectionHead(trunk.feature_specs, HeadArchitecture(len(info.classes), width, depth))
         for name, info in tasks.items()
     }
     return MultiTaskModel(trunk, heads, tasks)
@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path) -> tuple[MultiTaskModel, dict[str, Any]]:
     tasks = {n: TaskInfo(tuple(t["classes"]), tuple(t["category_ids"])) for n, t in state["tasks"].items()}
     heads = {}
     for name, hc in state["head_configs"].items():
-        head = DetectionHead(trunk.feature_specs, HeadConfig(hc["num_classes"], hc["width"], hc["depth"]))
+        head = DetectionHead(trunk.feature_specs, HeadArchitecture(hc["num_classes"], hc["width"], hc["depth"]))
         head.load_state_dict(state["heads"][name])
         heads[name] = head
     return MultiTaskModel(trunk, heads, tasks), state

@@ -5,8 +5,8 @@ import json
 import pytest
 from prometheus_client import generate_latest
 
-from serving.cli.monitor_commands import load_optimize_yaml, parse_slo
 from serving.controller import Controller, ControllerConfig, Policy, Variant, read_variants
+from serving.controller.objectives import load_optimize_yaml, parse_slo
 from serving.monitoring.metrics import PolyheadMetrics
 from serving.triton.repository import build_repository
 from shared.errors import ConfigError, ServingError

@@ -5,8 +5,8 @@ import json
 import pytest
 from prometheus_client import generate_latest
 
-from serving.cli.monitor_commands import load_optimize_yaml, parse_delays
 from serving.controller import Controller, ControllerConfig, Decision, Policy, Variant
+from serving.controller.objectives import load_optimize_yaml, parse_delays
 from serving.monitoring.metrics import PolyheadMetrics
 from shared.errors import ConfigError, ServingError
 

@@ -199,7 +199,7 @@ def test_failed_hot_add_of_a_hosted_head_restores_the_repository_and_keeps_servi
 
 def test_command_line_spells_the_layout_per_task_and_passes_per_task_on():
     from serving.cli.main import build_parser
-    from serving.cli.serving_commands import LAYOUTS, default_layout
+    from serving.cli.options import LAYOUTS, default_layout
 
     parser = build_parser()
     assert LAYOUTS == mcfg.HEADS_LAYOUTS

@@ -22,7 +22,7 @@ from serving.triton.repository import build_repository
 from shared.artifacts import atomic_write_bytes
 from shared.trunk import trunk_config
 from shared.workspace import Workspace
-from transfer.config import DataConfig, HeadSettings, PolyheadConfig, dump_config
+from transfer.config import DataConfig, HeadSection, PolyheadConfig, dump_config
 from transfer.data.coco import CocoTask, load_coco
 from transfer.data.synth import CLASSES, generate
 from transfer.evaluate import evaluate_task
@@ -62,7 +62,7 @@ def served_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Co
     generate(root / "data", seed=0, num_train=2, num_val=10, image_size=128)
     ws = Workspace.at(root / "work")
     cfg = PolyheadConfig(input_size=SIZE, trunk="nano", data=DataConfig(root=str(root / "data"), tasks=(TASK,)),
-                         head=HeadSettings(width=16, depth=1, max_dets=20))
+                         head=HeadSection(width=16, depth=1, max_dets=20))
     atomic_write_bytes(ws.config, dump_config(cfg).encode())
     torch.manual_seed(0)
     info = TaskInfo(CLASSES[TASK], tuple(range(1, len(CLASSES[TASK]) + 1)))

@@ -73,13 +73,13 @@ def test_distillation_fine_tune_pulls_pruned_features_towards_the_reference():
 
 
 def test_response_distillation_pulls_frozen_heads_outputs_towards_the_reference():
-    from heads.head import DetectionHead, HeadConfig
+    from heads.head import DetectionHead, HeadArchitecture
     from transfer.training.distillation import response_distillation
 
     torch.manual_seed(0)
     images = _images(32)
     reference = _calibrated_nano(images)
-    head = DetectionHead(reference.feature_specs, HeadConfig(2, width=16)).eval().requires_grad_(False)
+    head = DetectionHead(reference.feature_specs, HeadArchitecture(2, width=16)).eval().requires_grad_(False)
     head_state = {k: v.clone() for k, v in head.state_dict().items()}
     target = trunk_features(reference, images)
     pruned = prune_trunk(reference, PruneSettings(ratio=0.6, round_to=4))

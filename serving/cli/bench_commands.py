@@ -1,0 +1,141 @@
+"""``polyhead bench serving | compress | controller``: parse, call the benchmark, print its table.
+
+* ``serving``: :func:`serving.bench.serving_bench.run_serving_bench`;
+* ``compress``: :func:`transfer.compress.run_compress_bench`;
+* ``controller``: :func:`serving.bench.controller_bench.run_controller_bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from serving.cli.options import Subparsers, add_heads_layout, add_workdir
+
+
+def _cmd_bench_serving(args: argparse.Namespace) -> int:
+    from serving.bench.serving_bench import format_table, run_serving_bench, write_json
+
+    tasks = [int(x) for x in args.tasks.split(",")]
+
+    def progress(row: dict) -> None:
+        print(f"  N={row['tasks']}: {row['shared_images_per_s']:.1f} vs {row['independent_images_per_s']:.1f} img/s "
+              f"({row['speedup']:.2f}x), RSS {row['shared_rss_mb']:.0f} vs {row['independent_rss_mb']:.0f} MiB",
+              flush=True)
+
+    concurrency = [int(x) for x in args.concurrency.split(",")]
+    result = run_serving_bench(args.workdir, tasks, args.variant, concurrency, args.seconds,
+                               progress=progress, batching_concurrency=args.batching_concurrency,
+                               heads_layout=args.heads_layout)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def _cmd_bench_compress(args: argparse.Namespace) -> int:
+    from transfer.compress import run_compress_bench
+
+    reports = {"distillation": args.distill_report, "add_task": args.add_task_report}
+    result = run_compress_bench(args.workdir, reports={k: v for k, v in reports.items() if v}, variant=args.variant)
+    what = "best admitted variant" if args.variant is None else f"variant (admitted: {result['admitted']})"
+    print(f"{what}: {result['best_variant']} vs {result['baseline']}")
+    for key in ("size_ratio", "latency_ratio_b1", "latency_ratio_b8", "max_map_drop"):
+        print(f"  {key:18s} {result[key]:.3f}")
+    if "distillation" in result:
+        print(f"  distillation gain (mAP points per task): {result['distillation']['map_gain_points']}")
+    if "add_task" in result:
+        a = result["add_task"]
+        print(f"  add-task head-only {a['head_only']['seconds']:.0f} s vs full fine-tuning "
+              f"{a['full_finetune']['seconds']:.0f} s ({a['speedup']:.1f}x), mAP gap {a['map_gap_points']:+.2f} points")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_bench_controller(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from serving.bench.controller_bench import format_table, run_controller_bench, write_json
+    from serving.controller.objectives import parse_slo
+
+    # SIGTERM unwinds like Ctrl-C (serving.cli.main): the embedded Triton and Prometheus stop on the way out
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_controller_bench(
+        args.workdir, parse_slo(args.slo) or None, step_s=args.duration, base_clients=args.base_clients,
+        step_clients=args.clients, warmup_s=args.warmup, after_s=args.after, window=args.window,
+        interval_s=args.interval, cooldown_s=args.cooldown, progress=lambda line: print(line, flush=True),
+        variants=args.variants.split(",") if args.variants else None, tasks=args.task or None,
+    )  # fmt: skip
+    result["command"] = shlex.join(["polyhead", *sys.argv[1:]])
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_serving(bench: Subparsers) -> None:
+    bs = bench.add_parser("serving", help="shared trunk vs independent detectors on the embedded Triton")
+    add_workdir(bs)
+    bs.add_argument("--tasks", default="1,2,4,8", help="comma-separated task counts (default: %(default)s)")
+    bs.add_argument("--variant", default="reference")
+    bs.add_argument("--concurrency", default="2,4,8",
+                    help="comma-separated client counts; each side keeps its peak images/s (default: %(default)s)")
+    bs.add_argument("--seconds", type=float, default=10.0, help="measurement time per side and N")
+    bs.add_argument("--batching-concurrency", type=int, default=8,
+                    help="clients for the dynamic batching on/off comparison; 0 skips it (default: %(default)s)")
+    add_heads_layout(bs, "in_trunk", "heads layout of the shared side; the others are measured beside it "
+                                     "(default: in-trunk)")
+    bs.add_argument("--json", help="write the results here")
+    bs.set_defaults(func=_cmd_bench_serving)
+
+
+def _add_compress(bench: Subparsers) -> None:
+    b = bench.add_parser("compress", help="best admitted variant vs the teacher: size, latency, mAP")
+    add_workdir(b)
+    b.add_argument("--json", help="write the result here")
+    b.add_argument("--variant", help="compare this catalogue variant instead of the best admitted one")
+    b.add_argument("--distill-report", metavar="F", help="report.json of bench/distill.py to include")
+    b.add_argument("--add-task-report", metavar="F", help="report.json of bench/add_task.py to include")
+    b.set_defaults(func=_cmd_bench_compress)
+
+
+def _add_controller(bench: Subparsers) -> None:
+    b = bench.add_parser(
+        "controller", help="a load step with and without the latency controller: time back under the objective"
+    )
+    add_workdir(b)
+    b.add_argument("--json", help="write the result here")
+    b.add_argument("--slo", action="append", default=[], metavar="TASK=MS",
+                   help="p95 objective (repeat); default: chosen between the accurate and the light variant's p95")
+    b.add_argument("--duration", type=float, default=60.0, help="seconds of the load step (default %(default)s)")
+    b.add_argument("--clients", type=int, default=4, help="clients during the step (default %(default)s)")
+    b.add_argument("--base-clients", type=int, default=1, help="clients before and after (default %(default)s)")
+    b.add_argument("--warmup", type=float, default=15.0, help="seconds before the step (default %(default)s)")
+    b.add_argument("--after", type=float, default=90.0,
+                   help="seconds after the step, for the return to the accurate variant (default %(default)s)")
+    b.add_argument("--window", default="1m", help="rate window of the recording rules (default %(default)s, shipped)")
+    b.add_argument("--interval", type=float, default=2.0, help="controller interval, s (default %(default)s)")
+    b.add_argument("--cooldown", type=float, default=60.0, help="controller cool-down, s (default %(default)s)")
+    b.add_argument("--variants", metavar="A,B", help="compare these trunk variants even if compression did not admit "
+                   "them (the mechanism, not a production ladder; reported); default: the admitted ones")
+    b.add_argument("--task", action="append", default=[], help="task each request asks for (repeat; default: all, "
+                   "one fan-out call)")
+    b.set_defaults(func=_cmd_bench_controller)
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``bench`` and its subcommands ``serving``, ``compress`` and ``controller`` to the ``polyhead`` parser.
+
+    Args:
+        sub: The top-level subparsers.
+    """
+    bench = sub.add_parser("bench", help="benchmarks (tables; --json for scripts)")
+    subcommands = bench.add_subparsers(dest="bench_command", required=True)
+    for add in (_add_serving, _add_compress, _add_controller):
+        add(subcommands)

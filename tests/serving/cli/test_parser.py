@@ -1,0 +1,95 @@
+"""The ``polyhead`` parser: every command and subcommand is there, routed to its group, with its defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.cli.main import build_parser
+from shared.workspace import DEFAULT_WORKDIR
+
+COMMANDS = ("demo", "data", "train", "eval", "bench", "add-task", "export", "serve", "infer", "compress", "monitor",
+            "optimize")  # fmt: skip
+#: argv -> (module of the command's function, attributes the parse must have).
+CASES = {
+    ("demo",): ("demo_command", {"command": "demo", "fast": False, "workdir": DEFAULT_WORKDIR}),
+    ("data", "synth", "--out", "d"): ("data_commands", {
+        "command": "data", "data_command": "synth", "out": "d", "seed": 0, "num_train": 600, "num_val": 150,
+        "num_unlabeled": 0, "image_size": 256,
+    }),
+    ("train",): ("training_commands", {"command": "train", "config": None, "teacher": None, "restart": False}),
+    ("eval", "--task", "cars", "--val-json", "v.json", "--images", "img"): ("training_commands", {
+        "command": "eval", "task": "cars", "variant": "reference", "server": None, "json": None,
+    }),
+    ("compress",): ("compress_commands", {"command": "compress", "tolerance": 1.0, "rounds": 2}),
+    ("add-task", "--name", "shapes", "--train-json", "t.json", "--val-json", "v.json", "--images", "img"): (
+        "serving_commands", {"command": "add-task", "name": "shapes", "epochs": 20, "views": 2, "server": None}),
+    ("export",): ("serving_commands", {
+        "command": "export", "backend": "python", "dynamic_batching": False, "tensorrt": False,
+        "max_batch_size": 8, "heads_layout": None,
+    }),
+    ("serve",): ("serving_commands", {
+        "command": "serve", "host": "127.0.0.1", "grpc_port": 8001, "http_port": 8000, "metrics_port": 8002,
+        "heads_layout": "in_trunk",
+    }),
+    ("infer", "--image", "x.jpg"): ("serving_commands", {
+        "command": "infer", "server": "127.0.0.1:8001", "image": "x.jpg", "tasks": None, "timeout": 10.0,
+    }),
+    ("monitor",): ("monitor_commands", {
+        "command": "monitor", "triton_metrics": "http://127.0.0.1:8002/metrics", "metrics_port": 9100,
+        "address": "0.0.0.0", "interval": 1.0, "slo": [],
+    }),
+    ("optimize",): ("monitor_commands", {
+        "command": "optimize", "config": None, "prometheus": None, "slo": [], "batch_delays_us": None,
+        "dry_run": False, "once": False, "address": "0.0.0.0",
+    }),
+    ("bench", "serving"): ("bench_commands", {
+        "command": "bench", "bench_command": "serving", "tasks": "1,2,4,8", "concurrency": "2,4,8",
+        "seconds": 10.0, "batching_concurrency": 8, "heads_layout": "in_trunk",
+    }),
+    ("bench", "compress"): ("bench_commands", {
+        "command": "bench", "bench_command": "compress", "variant": None, "distill_report": None,
+    }),
+    ("bench", "controller"): ("bench_commands", {
+        "command": "bench", "bench_command": "controller", "duration": 60.0, "clients": 4, "base_clients": 1,
+        "warmup": 15.0, "after": 90.0, "window": "1m", "interval": 2.0, "cooldown": 60.0, "task": [],
+    }),
+}  # fmt: skip
+
+
+def test_every_command_is_covered_here():
+    assert {argv[0] for argv in CASES} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("argv", list(CASES), ids=" ".join)
+def test_each_command_parses_to_its_group_with_its_defaults(argv):
+    module, expected = CASES[argv]
+    args = build_parser().parse_args(list(argv))
+    assert args.func.__module__ == f"serving.cli.{module}"
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+def _error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_an_unknown_command_exits_with_argparse_error_listing_every_command(capsys):
+    err = _error(capsys, ["bogus"])
+    assert "polyhead: error: argument command: invalid choice: 'bogus'" in err
+    assert err.index("(choose from") < min(err.index(f"'{c}'") for c in COMMANDS)
+    assert [c for c in COMMANDS if f"'{c}'" in err] == list(COMMANDS)
+
+
+@pytest.mark.parametrize(("group", "subcommands"), [("bench", ("serving", "compress", "controller")),
+                                                    ("data", ("synth",))])
+def test_groups_need_a_known_subcommand(capsys, group, subcommands):
+    assert "required: " in _error(capsys, [group])
+    err = _error(capsys, [group, "bogus"])
+    assert f"polyhead {group}: error: argument {group}_command: invalid choice: 'bogus'" in err
+    assert all(f"'{s}'" in err for s in subcommands)
+
+
+def test_no_command_is_an_error(capsys):
+    assert "the following arguments are required: command" in _error(capsys, [])
