@@ -1,4 +1,4 @@
-"""``polyhead data synth``: write a synthetic data set (:func:`transfer.data.synth.generate`)."""
+"""``polyhead data synth | photos``: write a synthetic data set or the real-photo task (:mod:`transfer.data`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_photos(args: argparse.Namespace) -> int:
+    from transfer.data.photo_task import CLASSES, generate_photo_task
+
+    s = generate_photo_task(args.out, task=args.task, seed=args.seed, num_train=args.num_train,
+                            num_val=args.num_val, image_size=args.image_size)
+    print(f"wrote task {s.task!r}: {s.num_train} train / {s.num_val} val images of real photographed objects "
+          f"({', '.join(CLASSES)}), {s.num_objects} objects, in {s.seconds:.1f} s")
+    print(f"  {s.train_json}  {s.val_json}  images under {s.images_dir}")
+    return 0
+
+
 def register(sub: Subparsers) -> None:
-    """Add ``data`` and its subcommand ``synth`` to the ``polyhead`` subcommands.
+    """Add ``data`` and its subcommands ``synth`` and ``photos`` to the ``polyhead`` subcommands.
 
     Args:
         sub: The top-level subparsers.
@@ -34,3 +45,11 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--num-unlabeled", type=int, default=0)
     s.add_argument("--image-size", type=int, default=256)
     s.set_defaults(func=_cmd_synth)
+    ph = data.add_parser("photos", help="write a detection task of real photographed objects (scikit-image's photos)")
+    ph.add_argument("--out", required=True, help="data root (images/<task>/ and <task>/{train,val}.json)")
+    ph.add_argument("--task", default="photos")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--num-train", type=int, default=400)
+    ph.add_argument("--num-val", type=int, default=100)
+    ph.add_argument("--image-size", type=int, default=320)
+    ph.set_defaults(func=_cmd_photos)

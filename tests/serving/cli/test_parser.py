@@ -16,6 +16,10 @@ CASES = {
         "command": "data", "data_command": "synth", "out": "d", "seed": 0, "num_train": 600, "num_val": 150,
         "num_unlabeled": 0, "image_size": 256,
     }),
+    ("data", "photos", "--out", "d"): ("data_commands", {
+        "command": "data", "data_command": "photos", "out": "d", "task": "photos", "num_train": 400,
+        "num_val": 100, "image_size": 320,
+    }),
     ("train",): ("training_commands", {"command": "train", "config": None, "teacher": None, "restart": False}),
     ("eval", "--task", "cars", "--val-json", "v.json", "--images", "img"): ("training_commands", {
         "command": "eval", "task": "cars", "variant": "reference", "server": None, "json": None,
@@ -83,7 +87,7 @@ def test_an_unknown_command_exits_with_argparse_error_listing_every_command(caps
 
 
 @pytest.mark.parametrize(("group", "subcommands"), [("bench", ("serving", "compress", "controller")),
-                                                    ("data", ("synth",))])
+                                                    ("data", ("synth", "photos"))])
 def test_groups_need_a_known_subcommand(capsys, group, subcommands):
     assert "required: " in _error(capsys, [group])
     err = _error(capsys, [group, "bogus"])
