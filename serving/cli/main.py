@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 
 from serving.cli import (
     bench_commands,
@@ -44,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     for register in COMMAND_GROUPS:
         register(subparsers)
     return parser
+
+
+_PROJECT_PACKAGES = ("shared", "heads", "transfer", "serving")
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' signature)
+    """The project's own warnings (counted fixes such as clipped boxes) as one ``polyhead: warning:`` line."""
+    if category.__module__.split(".")[0] in _PROJECT_PACKAGES:
+        return f"polyhead: warning: {message}\n"
+    return _default_format_warning(message, category, filename, lineno, line)
+
+
+_default_format_warning = warnings.formatwarning
 
 
 class _Signals:
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args.stop_event = signals.stop_event
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, signals.handle)
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except PolyheadError as exc:
@@ -95,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print("polyhead: interrupted", file=sys.stderr)
         return 130
     finally:
+        warnings.formatwarning = _default_format_warning
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)

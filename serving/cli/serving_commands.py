@@ -16,7 +16,7 @@ def _cmd_add_task(args: argparse.Namespace) -> int:
     # add-task is a transaction on the workspace: SIGTERM rolls it back like Ctrl-C (serving.cli.main)
     report = add_task(args.workdir, args.name, args.train_json, args.val_json, args.images,
                       epochs=args.epochs, views=args.views,
-                      live=TritonHotAdd(args.server) if args.server else None)
+                      live=TritonHotAdd(args.server) if args.server else None, strict=args.strict)
     s = report.seconds
     print(f"task '{report.task}': {len(report.classes)} classes ({', '.join(report.classes)}), "
           f"head {report.head_params:,d} params -> {report.head_dir}")
@@ -101,6 +101,9 @@ def register(sub: Subparsers) -> None:
     a.add_argument("--views", type=int, default=2,
                    help="cached views per image: 1 plain, 2 + flip, more + random augmentation (default: %(default)s)")
     a.add_argument("--server", help="HOST:PORT (gRPC) of a running `polyhead serve` to hot-load the task into")
+    a.add_argument("--strict", action="store_true",
+                   help="refuse annotation files whose boxes stick out of their image or have no area, or whose "
+                        "sizes are declared unrotated (default: clip/drop/correct them, one warning line per file)")
     a.set_defaults(func=_cmd_add_task)
 
     e = sub.add_parser("export", help="generate the Triton model repository from the workspace")

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import tempfile
 import typing
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,12 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image
 
 from serving.client.protocol import prepare_batch, to_images
 from shared.errors import ConfigError, DataError, InputError
 from transfer.config import PolyheadConfig, config_from_dict, load_config
-from transfer.data.coco import CocoTask, load_coco
+from transfer.data.coco import CocoTask, DataWarning, load_coco
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -40,9 +42,9 @@ def _maybe(valid, junk=json_values):
 image_entries = st.fixed_dictionaries(
     {
         "id": _maybe(st.integers(0, 5)),
-        "file_name": _maybe(st.sampled_from(["a.png", "b.jpg", "../outside.png", ""])),
+        "file_name": _maybe(st.sampled_from(["a.png", "b.jpg", "empty.png", "../outside.png", ""])),
         "width": _maybe(st.sampled_from([1, 64, 64.0, 0, -3, 1e300])),
-        "height": _maybe(st.integers(-2, 100)),
+        "height": _maybe(st.just(64) | st.integers(-2, 100)),  # 64: the size of the real files
     }
 )
 ann_entries = st.fixed_dictionaries(
@@ -69,8 +71,9 @@ def _load_coco_text(data: bytes) -> CocoTask | None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "images").mkdir()
-        for name in ("a.png", "b.jpg"):
-            (root / "images" / name).write_bytes(b"")
+        for name in ("a.png", "b.jpg"):  # real 64x64 files: load_coco reads every header
+            Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(root / "images" / name)
+        (root / "images" / "empty.png").write_bytes(b"")
         path = root / "task" / "train.json"
         path.parent.mkdir()
         path.write_bytes(data)
@@ -81,12 +84,34 @@ def _load_coco_text(data: bytes) -> CocoTask | None:
             return None
 
 
+_VALID_WITH_FIXES = {  # a loadable document whose boxes need clipping and dropping
+    "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+    "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [-5.0, 60, 10, 10]},
+                    {"id": 2, "image_id": 1, "category_id": 0, "bbox": [70, 0, 3, 3], "iscrowd": 1}],
+    "categories": [{"id": 0, "name": "car"}],
+}
+
+
 @SETTINGS
 @given(coco_like)
+@example(_VALID_WITH_FIXES)
 def test_load_coco_on_arbitrary_json_gives_a_task_or_data_error(data):
-    task = _load_coco_text(json.dumps(data).encode())
-    if task is not None:
-        assert task.categories and all(a.bbox[2] > 0 for anns in task.annotations.values() for a in anns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # counted fixes are expected here
+        task = _load_coco_text(json.dumps(data).encode())
+    if task is not None:  # every box kept lies inside its image with a positive area
+        assert task.categories
+        for image_id, anns in [*task.annotations.items(), *task.crowd.items()]:
+            im = task.images[image_id]
+            for a in anns:
+                x, y, w, h = a.bbox
+                assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= im.width and y + h <= im.height
+
+
+def test_hostile_example_is_loaded_with_its_fixes_counted():
+    with pytest.warns(DataWarning, match="1 box clipped to their image, 1 degenerate box dropped"):
+        task = _load_coco_text(json.dumps(_VALID_WITH_FIXES).encode())
+    assert task is not None and task.fixes.clipped == (1,) and task.fixes.dropped == (2,)
 
 
 def _coco_with_width(width: str) -> bytes:
@@ -105,8 +130,9 @@ KNOWN_COCO_BUGS = [
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"null", b'{"images": 1}', _coco_with_width("-1"), *KNOWN_COCO_BUGS],
-    ids=["empty", "null", "wrong-type", "width-negative", *(p.id for p in KNOWN_COCO_BUGS)],
+    [b"", b"null", b'{"images": 1}', _coco_with_width("-1"), _coco_with_width("4").replace(b"a.png", b"empty.png"),
+     *KNOWN_COCO_BUGS],
+    ids=["empty", "null", "wrong-type", "width-negative", "empty-image-file", *(p.id for p in KNOWN_COCO_BUGS)],
 )
 def test_load_coco_on_hostile_bytes_gives_data_error(data):
     assert _load_coco_text(data) is None

@@ -200,6 +200,23 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_workspace_as_it_was(env, tm
     assert snapshot(work) == before
 
 
+@pytest.mark.parametrize("case", ["missing_image_files", "strict_box_outside"])
+def test_image_and_box_problems_are_refused_before_anything_is_written(env, tmp_path, case):
+    work, train, val, images = env
+    data = json.loads(Path(train).read_text())
+    if case == "missing_image_files":  # reported together, not one at a time mid-epoch
+        data["images"] += [{"id": 10**6 + k, "file_name": f"gone/{k}.png", "width": 8, "height": 8} for k in (1, 2)]
+        match = r"bad.json: 2 of \d+ image file\(s\) missing or unreadable.*'gone/1.png' \(missing\)"
+    else:
+        data["annotations"][0]["bbox"][0] = -10
+        match = rf"bad.json: 1 annotation\(s\) do not fit their image: id={data['annotations'][0]['id']} "
+    before = snapshot(work)
+    with pytest.raises(DataError, match=match):
+        add_task(work, "shapes", _write(tmp_path / "bad.json", json.dumps(data)), val, images, progress=False,
+                 train_cfg=FAST, strict=case == "strict_box_outside")
+    assert snapshot(work) == before
+
+
 class _FailingLoss:
     """Stands in for DetectionLoss; raises ``exc`` on the second batch."""
 

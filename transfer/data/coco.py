@@ -2,23 +2,29 @@
 
 ``load_coco`` reads one task's annotation file and checks it thoroughly; every problem raises
 :class:`~shared.errors.DataError` naming the file, the entry (``annotations[17] (id=42)``) and the fix.
+It also opens every image header (:mod:`transfer.data.images`) and fits boxes to their images, counting
+the fixes in one :class:`DataWarning` line per file (``strict=True`` refuses them instead).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
 
 from shared.artifacts import read_json
 from shared.errors import DataError
+from transfer.data.images import check_image_files, listed
 
-BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image before it is rejected
-_MAX_LISTED = 5  # missing image files named in one error message
+BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image before clipping it counts as a fix
+
+
+class DataWarning(UserWarning):
+    """A dataset was loaded with fixes (clipped or dropped boxes, corrected sizes); the line counts them."""
 
 
 class CocoImage(NamedTuple):
@@ -30,10 +36,40 @@ class CocoImage(NamedTuple):
 
 
 class CocoAnnotation(NamedTuple):
-    """One non-crowd annotation: ``bbox`` is (x, y, w, h) in original image pixels."""
+    """One annotation: ``bbox`` is (x, y, w, h) in displayed image pixels, inside the image, w, h > 0."""
 
     bbox: tuple[float, float, float, float]
     category_id: int
+    id: int = -1
+
+
+@dataclass(frozen=True)
+class LoadFixes:
+    """What :func:`load_coco` corrected (all empty for a clean file, and always under ``strict``).
+
+    Attributes:
+        reoriented: Image ids whose width/height were declared unrotated (the displayed size is used).
+        clipped: Annotation ids whose box stuck out of the image by more than :data:`BOX_TOLERANCE`.
+        dropped: Annotation ids whose box had no area inside the image (left out of the task).
+    """
+
+    reoriented: tuple[int, ...] = ()
+    clipped: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+
+    def summary(self, path: Path) -> str | None:
+        """One line counting the fixes (``None`` if there were none)."""
+        parts = [f"{n} {one if n == 1 else many} {what}" for n, one, many, what in (
+            (len(self.clipped), "box", "boxes", "clipped to their image"),
+            (len(self.dropped), "degenerate box", "degenerate boxes", "dropped"),
+            (len(self.reoriented), "image", "images", "declared unrotated (EXIF-oriented size used)"),
+        ) if n]
+        if not parts:
+            return None
+        ids = [*self.clipped, *self.dropped]
+        shown = ("annotation", ids) if ids else ("image", list(self.reoriented))
+        where = f"{shown[0]} id{'s' if len(shown[1]) > 1 else ''} {listed(shown[1])}"
+        return f"{path}: {', '.join(parts)} ({where}); strict=True (--strict) refuses such files"
 
 
 @dataclass(frozen=True)
@@ -48,6 +84,7 @@ class CocoTask:
         images: Image id -> :class:`CocoImage`.
         annotations: Image id -> training annotations (``iscrowd=0``); every image id has a list.
         crowd: Image id -> ``iscrowd=1`` boxes (kept out of training targets; evaluation ignores them).
+        fixes: What loading corrected (see :class:`LoadFixes`).
     """
 
     name: str
@@ -57,6 +94,7 @@ class CocoTask:
     images: dict[int, CocoImage] = field(repr=False)
     annotations: dict[int, list[CocoAnnotation]] = field(repr=False)
     crowd: dict[int, list[CocoAnnotation]] = field(repr=False, default_factory=dict)
+    fixes: LoadFixes = field(default_factory=LoadFixes)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -100,21 +138,29 @@ def load_coco(
     images_dir: str | Path,
     name: str | None = None,
     verify_images: bool = False,
+    strict: bool = False,
 ) -> CocoTask:
-    """Read and validate a COCO-format detection annotation file.
+    """Read and validate a COCO-format detection annotation file and the headers of its images.
+
+    Every listed image file is opened lazily (size and EXIF, no pixels). Fixes are counted in
+    :attr:`CocoTask.fixes` and one :class:`DataWarning` line: boxes sticking out of their image are
+    clipped to it, boxes with no area inside it dropped, and sizes declared unrotated (the raw sensor
+    size of an EXIF-rotated photo) replaced by the displayed size.
 
     Args:
         json_path: The annotation file (``images``, ``annotations``, ``categories``).
-        images_dir: Directory that each image's ``file_name`` is relative to.
+        images_dir: Directory that each image's ``file_name`` is relative to (sub-folders allowed).
         name: Task name; defaults to the parent directory name for ``train.json`` / ``val.json``
             (the ``<task>/train.json`` layout), else the file stem.
-        verify_images: Also open every image header with PIL (slower) to catch corrupt files.
+        verify_images: Also decode every image (slow) to catch truncated files.
+        strict: Refuse the file instead of fixing boxes or sizes (the error names the first entries).
 
     Returns:
-        The validated :class:`CocoTask`.
+        The validated :class:`CocoTask`; its boxes lie inside their images.
 
     Raises:
-        DataError: If the file or any entry is malformed, or image files are missing or unreadable.
+        DataError: If the file or any entry is malformed, image files are missing or unreadable (one
+            error listing them), a declared size disagrees with its file, or ``strict`` and a fix is needed.
     """
     path = Path(json_path)
     images_dir = Path(images_dir)
@@ -123,9 +169,18 @@ def load_coco(
     data = _read_json(path)
     categories = _parse_categories(path, data["categories"])
     images = _parse_images(path, data["images"])
-    annotations, crowd = _parse_annotations(path, data["annotations"], images, {c for c, _ in categories})
-    _check_image_files(path, images_dir, images, verify_images)
-    return CocoTask(name, path, images_dir, categories, images, annotations, crowd)
+    entries = _parse_annotations(path, data["annotations"], images, {c for c, _ in categories})
+    reoriented: list[int] = []
+    declared = {i: (im.file_name, im.width, im.height) for i, im in images.items()}
+    for image_id, (w, h) in check_image_files(path, images_dir, declared, strict, verify_images).items():
+        images[image_id] = images[image_id]._replace(width=w, height=h)
+        reoriented.append(image_id)
+    annotations, crowd, fixes = _fit_boxes(path, entries, images, strict)
+    fixes = LoadFixes(tuple(reoriented), fixes.clipped, fixes.dropped)
+    line = fixes.summary(path)
+    if line is not None:
+        warnings.warn(line, DataWarning, stacklevel=1)  # one location: a split loaded twice warns once
+    return CocoTask(name, path, images_dir, categories, images, annotations, crowd, fixes)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -242,36 +297,32 @@ def _parse_images(path: Path, entries: list[Any]) -> dict[int, CocoImage]:
     return images
 
 
-def _parse_bbox(where: str, value: object, image: CocoImage) -> tuple[float, float, float, float]:
-    """Validate one ``bbox`` ([x, y, w, h], inside the image up to :data:`BOX_TOLERANCE`)."""
+def _parse_bbox(where: str, value: object) -> tuple[float, float, float, float]:
+    """Validate one ``bbox`` as 4 finite numbers [x, y, w, h] (:func:`_fit_boxes` checks it against the image)."""
     ok = isinstance(value, (list, tuple)) and len(value) == 4
     ok = ok and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
     )
     if not ok:
         raise DataError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {value!r}")
-    x, y, w, h = (float(v) for v in value)
-    if w <= 0 or h <= 0:
-        raise DataError(
-            f"{where}: bbox {list(value)} has non-positive width or height; "
-            "remove the annotation or fix its size (COCO bbox is [x, y, width, height])"
-        )
-    tol = BOX_TOLERANCE
-    if x < -tol or y < -tol or x + w > image.width + tol or y + h > image.height + tol:
-        raise DataError(
-            f"{where}: bbox {list(value)} lies outside its image {image.file_name!r} "
-            f"({image.width}x{image.height}) by more than {tol:g} px; clip it to the image or check "
-            "that bbox is [x, y, width, height] (not x1, y1, x2, y2)"
-        )
-    return x, y, w, h
+    return float(value[0]), float(value[1]), float(value[2]), float(value[3])
+
+
+class _Entry(NamedTuple):
+    """One structurally valid annotation, its box not yet fitted to the image."""
+
+    ann_id: int
+    image_id: int
+    iscrowd: int
+    bbox: tuple[float, float, float, float]
+    category_id: int
 
 
 def _parse_annotations(
     path: Path, entries: list[Any], images: dict[int, CocoImage], cat_ids: set[int]
-) -> tuple[dict[int, list[CocoAnnotation]], dict[int, list[CocoAnnotation]]]:
-    """Validate ``annotations``; return (training annotations, crowd boxes) per image id."""
-    train: dict[int, list[CocoAnnotation]] = {image_id: [] for image_id in images}
-    crowd: dict[int, list[CocoAnnotation]] = {image_id: [] for image_id in images}
+) -> list[_Entry]:
+    """Validate ``annotations`` (ids, references, iscrowd, bbox numbers)."""
+    out: list[_Entry] = []
     seen: dict[int, int] = {}
     for i, entry in enumerate(entries):
         entry = _require(path, "annotations", i, entry, ("id", "image_id", "category_id", "bbox"))
@@ -298,44 +349,45 @@ def _parse_annotations(
         iscrowd = entry.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, float):
             raise DataError(f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
-        ann = CocoAnnotation(_parse_bbox(where, entry["bbox"], images[image_id]), cat_id)
-        (crowd if iscrowd else train)[image_id].append(ann)
-    return train, crowd
+        out.append(_Entry(ann_id, image_id, int(iscrowd), _parse_bbox(where, entry["bbox"]), cat_id))
+    return out
 
 
-def _check_image_files(path: Path, images_dir: Path, images: dict[int, CocoImage], verify: bool) -> None:
-    """Every image file must exist (and, if ``verify``, have a readable header)."""
-    if not images_dir.is_dir():
+def _fit_boxes(
+    path: Path, entries: list[_Entry], images: dict[int, CocoImage], strict: bool
+) -> tuple[dict[int, list[CocoAnnotation]], dict[int, list[CocoAnnotation]], LoadFixes]:
+    """Clip every box to its image and drop those with no area inside it (or refuse, if ``strict``).
+
+    Boxes within :data:`BOX_TOLERANCE` of the border are clipped silently; further out they are
+    clipped and counted. Returns (training annotations, crowd boxes) per image id and the counts.
+    """
+    train: dict[int, list[CocoAnnotation]] = {image_id: [] for image_id in images}
+    crowd: dict[int, list[CocoAnnotation]] = {image_id: [] for image_id in images}
+    clipped: list[int] = []
+    dropped: list[int] = []
+    offences: list[str] = []
+    tol = BOX_TOLERANCE
+    for e in entries:
+        im = images[e.image_id]
+        x, y, w, h = e.bbox
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(im.width)), min(y + h, float(im.height))
+        box = f"bbox [{x:g}, {y:g}, {w:g}, {h:g}]"
+        if x2 <= x1 or y2 <= y1:
+            dropped.append(e.ann_id)
+            offences.append(f"id={e.ann_id} {box} has no area inside {im.file_name!r} ({im.width}x{im.height})")
+            continue
+        if x < -tol or y < -tol or x + w > im.width + tol or y + h > im.height + tol:
+            clipped.append(e.ann_id)
+            offences.append(f"id={e.ann_id} {box} sticks out of {im.file_name!r} ({im.width}x{im.height})")
+        ann = CocoAnnotation((x1, y1, x2 - x1, y2 - y1), e.category_id, e.ann_id)
+        (crowd if e.iscrowd else train)[e.image_id].append(ann)
+    if strict and offences:
         raise DataError(
-            f"{path}: images directory {images_dir} does not exist; pass the folder that "
-            "file_name entries are relative to"
+            f"{path}: {len(offences)} annotation(s) do not fit their image: {listed(offences, '; ')}; clip "
+            "the boxes to the image and remove empty ones (COCO bbox is [x, y, width, height], not x1, y1, "
+            "x2, y2), or load without strict (--strict) to clip and drop them automatically"
         )
-    missing = [(i, im.file_name) for i, im in images.items() if not (images_dir / im.file_name).is_file()]
-    if missing:
-        listed = ", ".join(f"id={i} {f!r}" for i, f in missing[:_MAX_LISTED])
-        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise DataError(
-            f"{path}: {len(missing)} image file(s) missing under {images_dir}: {listed}{more}; "
-            "check images_dir or the file_name entries"
-        )
-    if not verify:
-        return
-    for image_id, im in images.items():
-        file = images_dir / im.file_name
-        try:
-            with Image.open(file) as pil:
-                size = pil.size
-                pil.verify()
-        except Exception as e:  # PIL raises many exception types for corrupt files
-            raise DataError(
-                f"{path}: images entry id={image_id}: {file} is not a readable image ({e}); "
-                "re-export or remove it"
-            ) from e
-        if size != (im.width, im.height):
-            raise DataError(
-                f"{path}: images entry id={image_id}: {file} is {size[0]}x{size[1]} but the "
-                f"entry says {im.width}x{im.height}; fix width/height"
-            )
+    return train, crowd, LoadFixes(clipped=tuple(clipped), dropped=tuple(dropped))
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,8 @@
 """Torch datasets over validated COCO tasks: multi-task labelled images and unlabelled folders.
 
-Images are letterboxed to ``size x size`` (see :mod:`shared.letterbox`) and returned as uint8
-``[3, S, S]`` RGB tensors; normalisation happens inside the model.
+Images are read by :func:`transfer.data.images.read_rgb` (EXIF orientation applied, any mode to RGB),
+letterboxed to ``size x size`` (see :mod:`shared.letterbox`) and returned as uint8 ``[3, S, S]`` RGB
+tensors; normalisation happens inside the model.
 """
 
 from __future__ import annotations
@@ -12,26 +13,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from shared.errors import DataError
 from shared.letterbox import letterbox
 from transfer.data.augment import Augment, apply_augment
 from transfer.data.coco import CocoTask
+from transfer.data.images import read_rgb
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "ImageFolderDataset", "MultiTaskDataset", "collate_multitask", "read_rgb"]
 
 Target = dict[str, torch.Tensor]  # {"boxes": float32 [N, 4] xyxy canvas px, "labels": int64 [N]}
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as ``[H, W, 3]`` uint8 RGB, raising :class:`DataError` if unreadable."""
-    try:
-        with Image.open(path) as pil:
-            return np.asarray(pil.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read image ({e}); re-export or remove it") from e
 
 
 class MultiTaskDataset(Dataset):

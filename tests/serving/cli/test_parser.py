@@ -20,7 +20,8 @@ CASES = {
         "command": "data", "data_command": "photos", "out": "d", "task": "photos", "num_train": 400,
         "num_val": 100, "image_size": 320,
     }),
-    ("train",): ("training_commands", {"command": "train", "config": None, "teacher": None, "restart": False}),
+    ("train",): ("training_commands", {"command": "train", "config": None, "teacher": None, "restart": False,
+                                   "device": "auto", "nproc": 1}),
     ("eval", "--task", "cars", "--val-json", "v.json", "--images", "img"): ("training_commands", {
         "command": "eval", "task": "cars", "variant": "reference", "server": None, "json": None,
     }),

@@ -10,6 +10,7 @@ class mapping on the server path moves it.
 """
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,14 @@ from shared.workspace import Workspace
 from transfer.config import DataConfig, HeadSection, PolyheadConfig, dump_config
 from transfer.data.coco import CocoTask, load_coco
 from transfer.data.synth import CLASSES, generate
-from transfer.evaluate import evaluate_task
+from transfer.evaluate import _detect_concurrently, _detect_remotely, evaluate_task
 from transfer.evaluation.predict import detect_split, onnx_detector
 from transfer.export.onnx_graphs import session
 from transfer.train import publish_model
 from transfer.training.multitask_model import TaskInfo, build_model
 
 TASK, SIZE, GT_PER_IMAGE = "signs", 64, 3
+AGREE = 0.001  # metrics served vs offline: within 0.1 point
 
 
 def _pseudo_ground_truth(work: Path, val: CocoTask, out: Path) -> CocoTask:
@@ -76,6 +78,12 @@ def served_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Co
     return ws.root, _pseudo_ground_truth(ws.root, val, root / "pseudo_val.json")
 
 
+def flat(metrics: dict) -> dict:
+    """``metrics`` with ``per_class`` spread into ``<class>.map`` / ``<class>.map50`` keys."""
+    out = {k: v for k, v in metrics.items() if k != "per_class"}
+    return out | {f"{n}.{k}": v for n, ap in metrics["per_class"].items() for k, v in ap.items()}
+
+
 @pytest.mark.triton
 def test_map_through_the_server_equals_offline_map(served_workspace):
     work, val = served_workspace
@@ -85,5 +93,23 @@ def test_map_through_the_server_equals_offline_map(served_workspace):
     with (EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server,
           Detector(server.url) as detector):
         served = evaluate_task(work, TASK, val, detector=detector)
-    assert abs(served["map"] - offline["map"]) <= 0.001, (served, offline)  # within 0.1 mAP point
-    assert abs(served["map50"] - offline["map50"]) <= 0.001, (served, offline)
+        concurrent = evaluate_task(work, TASK, val, connect=partial(Detector, server.url), workers=3)
+        one_by_one = _detect_remotely(detector, TASK, val)
+        at_once = _detect_concurrently(partial(Detector, server.url), TASK, val, 3)
+    assert [d.image_id for d in at_once] == [d.image_id for d in one_by_one] == list(val.images)
+    for a, b in zip(at_once, one_by_one):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    assert flat(concurrent) == pytest.approx(flat(served), abs=1e-6)  # concurrent == sequential
+    assert abs(served["map"] - offline["map"]) <= AGREE, (served, offline)
+    assert abs(served["map50"] - offline["map50"]) <= AGREE, (served, offline)
+    for key in ("map_small", "map_medium", "map_large", "ar100"):
+        assert (served[key] is None) == (offline[key] is None), (key, served, offline)
+        assert served[key] is None or abs(served[key] - offline[key]) <= AGREE, (key, served, offline)
+    assert served["per_class"].keys() == offline["per_class"].keys() == set(val.class_names)
+    for name, ap in offline["per_class"].items():
+        for key, value in ap.items():
+            other = served["per_class"][name][key]
+            assert (value is None) == (other is None) and (value is None or abs(value - other) <= AGREE), \
+                (name, key, served["per_class"], offline["per_class"])

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from shared.errors import DataError
 from transfer.data.augment import Augment
-from transfer.data.coco import CocoTask, load_coco
+from transfer.data.coco import CocoTask, DataWarning, LoadFixes, load_coco
 from transfer.data.datasets import ImageFolderDataset, MultiTaskDataset, collate_multitask
 
 SIZES = {"a.png": (40, 30), "b.png": (30, 60), "c.png": (50, 50)}
@@ -86,10 +87,45 @@ def test_crowd_annotations_are_kept_out_of_training_targets(tmp_path, images_dir
     assert boxes.shape == (0, 4) and labels.shape == (0,)
 
 
-def test_box_within_one_pixel_tolerance_is_accepted(tmp_path, images_dir):
+def test_box_within_one_pixel_tolerance_is_clipped_silently(tmp_path, images_dir, recwarn):
     data = _valid()
     data["annotations"][1]["bbox"] = [20.5, -0.9, 20.4, 30.8]
-    load_coco(_write(tmp_path, data), images_dir)
+    task = load_coco(_write(tmp_path, data), images_dir, strict=True)
+    np.testing.assert_allclose(task.annotations[1][1].bbox, [20.5, 0, 19.5, 29.9])
+    assert task.fixes == LoadFixes() and not recwarn.list
+
+
+# Boxes that do not fit their image: (bbox of annotation id 42 on a.png 40x30, clipped or None if dropped)
+BOX_FIXES = {
+    "sticks out right": ([30, 5, 12, 5], [30, 5, 10, 5]),
+    "left of image by 1.5 px": ([-1.5, 5, 5, 5], [0, 5, 3.5, 5]),
+    "xyxy mistaken for xywh": ([20, 5, 39, 25], [20, 5, 20, 25]),
+    "zero width": ([1, 2, 0, 3], None),
+    "negative height": ([1, 2, 3, -3], None),
+    "entirely outside": ([41, 5, 10, 5], None),
+    "touches the border only": ([40, 5, 10, 5], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOX_FIXES))
+def test_box_that_does_not_fit_is_clipped_or_dropped_and_counted_and_strict_refuses(tmp_path, images_dir, case):
+    given, fitted = BOX_FIXES[case]
+    data = _mutate(lambda d: d["annotations"][1].update(bbox=given))
+    with pytest.warns(DataWarning) as caught:
+        task = load_coco(_write(tmp_path, data, "broken.json"), images_dir)
+    [line] = [str(w.message) for w in caught]
+    if fitted is None:
+        assert task.fixes == LoadFixes(dropped=(42,))
+        assert [a.id for a in task.annotations[1]] == [10]
+        assert "broken.json: 1 degenerate box dropped (annotation id 42)" in line
+    else:
+        assert task.fixes == LoadFixes(clipped=(42,))
+        np.testing.assert_allclose(task.annotations[1][1].bbox, fitted)
+        assert "broken.json: 1 box clipped to their image (annotation id 42)" in line
+    assert "--strict" in line
+    msg = _expect(tmp_path, images_dir, data, "1 annotation(s) do not fit", "id=42", "a.png", "(40x30)",
+                  "[x, y, width, height]", strict=True)
+    assert ("has no area inside" if fitted is None else "sticks out of") in msg
 
 
 def test_not_json_is_rejected(tmp_path, images_dir):
@@ -138,21 +174,9 @@ MALFORMED = {
         lambda d: d["annotations"][1].update(bbox=[1, 2, True, 3]),
         ["annotations[1] (id=42)"],
     ),
-    "bbox with zero width": (
-        lambda d: d["annotations"][1].update(bbox=[1, 2, 0, 3]),
-        ["annotations[1] (id=42)", "non-positive"],
-    ),
     "zero width image": (lambda d: d["images"][1].update(width=0), ["images[1] (id=2)", "width"]),
     "negative height image": (lambda d: d["images"][2].update(height=-5), ["images[2] (id=3)", "height"]),
     "string height image": (lambda d: d["images"][2].update(height="50"), ["images[2] (id=3)", "height"]),
-    "box outside image": (
-        lambda d: d["annotations"][1].update(bbox=[30, 5, 12, 5]),
-        ["annotations[1] (id=42)", "outside", "a.png"],
-    ),
-    "box left of image": (
-        lambda d: d["annotations"][0].update(bbox=[-1.5, 5, 5, 5]),
-        ["annotations[0] (id=10)", "outside"],
-    ),
     "unknown category": (
         lambda d: d["annotations"][3].update(category_id=99),
         ["annotations[3] (id=44)", "category_id 99"],
@@ -192,23 +216,25 @@ def test_malformed_entry_raises_data_error_naming_file_and_entry(tmp_path, image
 
 def test_missing_image_file_is_named(tmp_path, images_dir):
     (images_dir / "b.png").unlink()
-    _expect(tmp_path, images_dir, _valid(), "missing", "id=2 'b.png'")
+    _expect(tmp_path, images_dir, _valid(), "missing", "id=2 'b.png' (missing)")
 
 
 def test_missing_images_dir_is_rejected(tmp_path):
     _expect(tmp_path, tmp_path / "nope", _valid(), "nope", "does not exist")
 
 
-def test_corrupt_image_is_caught_only_when_verifying(tmp_path, images_dir):
+def test_corrupt_image_is_caught_at_load_and_a_truncated_one_when_verifying(tmp_path, images_dir):
     (images_dir / "c.png").write_bytes(b"not a png at all")
+    _expect(tmp_path, images_dir, _valid(), "1 of 3 image file(s) missing or unreadable", "id=3 'c.png'")
+    Image.fromarray(np.full((50, 50, 3), 7, np.uint8)).save(images_dir / "c.png")
+    (images_dir / "c.png").write_bytes((images_dir / "c.png").read_bytes()[:-40])  # header intact
     load_coco(_write(tmp_path, _valid()), images_dir)
-    _expect(tmp_path, images_dir, _valid(), "id=3", "c.png", verify_images=True)
+    _expect(tmp_path, images_dir, _valid(), "id=3 'c.png'", "unreadable", verify_images=True)
 
 
-def test_verify_catches_wrong_declared_size(tmp_path, images_dir):
+def test_wrong_declared_size_is_caught_at_load(tmp_path, images_dir):
     data = _mutate(lambda d: d["images"][2].update(width=51))
-    load_coco(_write(tmp_path, data), images_dir)
-    _expect(tmp_path, images_dir, data, "id=3", "50x50", verify_images=True)
+    _expect(tmp_path, images_dir, data, "id=3 'c.png' declared 51x50, file is 50x50", "fix width/height")
 
 
 # ---- datasets ----------------------------------------------------------------------------------
@@ -274,7 +300,10 @@ def test_conflicting_image_sizes_between_tasks_are_rejected(tmp_path, images_dir
         "annotations": [],
         "categories": [{"id": 1, "name": "x"}],
     }
-    bad = load_coco(_write(tmp_path, data, "bad.json"), images_dir)
+    with pytest.raises(DataError, match="id=1 'c.png' declared 40x50, file is 50x50"):
+        load_coco(_write(tmp_path, data, "bad.json"), images_dir)  # the load itself checks the file
+    things = two_tasks["things"]
+    bad = dataclasses.replace(things, images={5: things.images[5]._replace(width=40)})
     with pytest.raises(DataError, match="c.png"):
         MultiTaskDataset({"pets": two_tasks["pets"], "bad": bad}, images_dir, 32)
 
