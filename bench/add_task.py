@@ -1,10 +1,11 @@
 """Head-only `add-task` vs full fine-tuning of trunk + head, on a 500-image new task, in one run.
 
-    .venv/bin/python -m bench.add_task --workdir polyhead-work [--epochs 10] [--json OUT]
+    .venv/bin/python -m bench.add_task --workdir polyhead-work [--task shapes|photos] [--epochs 10] [--json OUT]
 
 ``--workdir`` is a trained workspace (``polyhead train`` or ``make demo``); it is not modified:
-both contenders work on a copy under ``<workdir>-bench-add-task``. The new task is the synthetic
-``shapes`` task (500 train / 100 val images, a seed the trunk never saw). Contenders:
+both contenders work on a copy under ``<workdir>-bench-add-task``. The new task (500 train / 100
+val images, a seed the trunk never saw) is the synthetic ``shapes`` task, or with ``--task photos``
+real photographed objects (:mod:`transfer.data.photo_task`). Contenders:
 
 * head-only: ``polyhead add-task`` (frozen reference trunk, features cached once, head trained
   on the cache, exported and evaluated in ONNX on the reference variant);
@@ -28,15 +29,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-TASK = "shapes"
+TASKS = ("shapes", "photos")
 
 
-def head_only(ws: Path, data: Path, epochs: int, name: str = "bench_shapes") -> dict:
+def head_only(ws: Path, data: Path, epochs: int, task: str = "shapes") -> dict:
     """`add-task` on a copy of the workspace; wall time and mAP on the reference variant."""
     from transfer.add_task import add_task
 
     t0 = time.perf_counter()
-    report = add_task(ws, name, data / TASK / "train.json", data / TASK / "val.json", data / "images",
+    report = add_task(ws, f"bench_{task}", data / task / "train.json", data / task / "val.json", data / "images",
                       epochs=epochs, progress=False)
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 1), "map": round(report.maps["reference"]["map"], 4),
@@ -44,7 +45,7 @@ def head_only(ws: Path, data: Path, epochs: int, name: str = "bench_shapes") -> 
             "trainable_params": report.head_params, "epochs": report.epochs}
 
 
-def full_finetune(ws: Path, data: Path, epochs: int) -> dict:
+def full_finetune(ws: Path, data: Path, epochs: int, task: str = "shapes") -> dict:
     """Reference trunk + fresh head trained end to end on the new task; wall time and mAP."""
     from shared.artifacts import read_json
     from shared.workspace import Workspace
@@ -57,7 +58,7 @@ def full_finetune(ws: Path, data: Path, epochs: int) -> dict:
 
     w = Workspace.at(ws)
     base = resolve_config(w, None)
-    cfg = replace(base, data=replace(base.data, root=str(data), tasks=(TASK,)),
+    cfg = replace(base, data=replace(base.data, root=str(data), tasks=(task,)),
                   train=replace(base.train, epochs=epochs, distill_weight=0.0, bn_l1=0.0))
     t0 = time.perf_counter()
     ref = read_json(w.variant("reference") / "variant.json")
@@ -69,8 +70,8 @@ def full_finetune(ws: Path, data: Path, epochs: int) -> dict:
     save_checkpoint(ckpt, model, {"epoch": 0})  # train() resumes from here: trunk pretrained, head fresh
     result = train(cfg, data, ckpt, resume=True, progress=False)
     seconds = time.perf_counter() - t0
-    val = load_tasks(cfg, data, "val")[TASK]
-    m = coco_map(val, detect_split(val, cfg.input_size, torch_detector(result.model.eval(), TASK, post_config(cfg))))
+    val = load_tasks(cfg, data, "val")[task]
+    m = coco_map(val, detect_split(val, cfg.input_size, torch_detector(result.model.eval(), task, post_config(cfg))))
     return {"seconds": round(seconds, 1), "map": round(m["map"], 4), "map50": round(m["map50"], 4),
             "epochs": epochs, "trainable_params": sum(p.numel() for p in result.model.parameters())}
 
@@ -78,31 +79,39 @@ def full_finetune(ws: Path, data: Path, epochs: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="polyhead-work")
+    p.add_argument("--task", choices=TASKS, default="shapes", help="the new task (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=10, help="full fine-tuning epochs")
     p.add_argument("--head-epochs", type=int, default=20, help="head-only epochs (add-task's default: 20)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
 
+    from transfer.config import load_config
+    from transfer.data.photo_task import generate_photo_task
     from transfer.data.synth import generate
 
     src = Path(args.workdir)
     if not (src / "trunk" / "reference" / "variant.json").exists():
         print(f"{src} has no trained reference trunk; run `polyhead train --workdir {src}` first", file=sys.stderr)
         return 2
+    task = args.task
     out = Path(f"{src}-bench-add-task")
     data = out / "data"
-    if not (data / TASK / "val.json").exists():
-        generate(data, seed=11, num_train=500, num_val=100, num_unlabeled=0, image_size=256)
+    if not (data / task / "val.json").exists():
+        if task == "photos":
+            generate_photo_task(data, task=task, seed=11, num_train=500, num_val=100, image_size=256)
+        else:
+            generate(data, seed=11, num_train=500, num_val=100, num_unlabeled=0, image_size=256)
     ws = out / "work"
     shutil.rmtree(ws, ignore_errors=True)
     shutil.copytree(src, ws, ignore=shutil.ignore_patterns("model_repository", "data", ".add-task-*"))
-    heads = head_only(ws, data, args.head_epochs)
+    heads = head_only(ws, data, args.head_epochs, task)
     print(f"head-only add-task: {heads['seconds']:.0f} s, mAP {heads['map']:.3f} (mAP50 {heads['map50']:.3f})",
           flush=True)
-    full = full_finetune(ws, data, args.epochs)
+    full = full_finetune(ws, data, args.epochs, task)
     print(f"full fine-tuning:   {full['seconds']:.0f} s, mAP {full['map']:.3f} (mAP50 {full['map50']:.3f})", flush=True)
     result = {
-        "task": TASK, "train_images": 500, "val_images": 100, "head_only": heads, "full_finetune": full,
+        "task": task, "trunk": load_config(src / "polyhead.yaml").trunk, "train_images": 500, "val_images": 100,
+        "head_only": heads, "full_finetune": full,
         "speedup": round(full["seconds"] / heads["seconds"], 2),
         "map_gap_points": round(100 * (full["map"] - heads["map"]), 2),
     }

@@ -86,8 +86,10 @@ class PolyheadConfig:
 
     Attributes:
         input_size: Square letterbox size S of every model input (multiple of 32).
-        trunk: Trunk name (:data:`TRUNK_CHOICES`: ``nano``, ``student``, ``teacher``, or
-            ``mobilenet_v2``, torchvision's backbone initialised from the shipped ImageNet weights).
+        trunk: Trunk name (:data:`TRUNK_CHOICES`): ``mobilenet_v2`` (the default: torchvision's
+            backbone initialised from the shipped ImageNet weights; +11-20 mAP points over the
+            from-scratch ``student`` in docs/benchmarks.md), or ``nano``, ``student``, ``teacher``
+            trained from scratch.
         teacher: Trunk size distilled from (``None`` = no distillation).
         teacher_weights: torchvision-format ImageNet MobileNetV2 state_dict file to distil the
             student's backbone from (relative paths: to the workspace); implies ``distill_weight`` 1.0
@@ -95,7 +97,7 @@ class PolyheadConfig:
     """
 
     input_size: int = 192
-    trunk: str = "student"
+    trunk: str = "mobilenet_v2"
     teacher: str | None = None
     teacher_weights: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
