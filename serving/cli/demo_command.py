@@ -1,4 +1,4 @@
-"""``polyhead demo``: the whole story on synthetic data (:func:`serving.demo.run_demo`)."""
+"""``polyhead demo``: the whole story on this machine (:func:`serving.demo.run_demo`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def register(sub: Subparsers) -> None:
     Args:
         sub: The top-level subparsers.
     """
-    d = sub.add_parser("demo", help="the whole story on synthetic data, on this machine")
+    d = sub.add_parser("demo", help="the whole story on this machine (synthetic scenes, then a real-photo task)")
     add_workdir(d)
     d.add_argument("--fast", action="store_true", help="tiny budgets (a smoke run, ~3 min)")
     d.set_defaults(func=_cmd_demo)
