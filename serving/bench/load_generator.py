@@ -244,6 +244,29 @@ class BackgroundTraffic(ClosedLoopLoad):
                          describe=lambda err: str(err)[:200], join_timeout_s=timeout_s + 5)  # fmt: skip
 
 
+def interleaved(fns: dict[str, Callable[[], object]], seconds: float, block: int = 20) -> dict[str, dict]:
+    """p50/p95 of each of ``fns``, run one call at a time in alternating blocks of ``block`` calls.
+
+    Alternating (after 3 warm-up calls each) spreads the machine's noise over every side alike;
+    ``seconds`` is the time of all sides together. The benchmarks' way to compare sides in one run.
+
+    Returns:
+        Name -> ``{"p50_ms", "p95_ms", "runs"}``.
+    """
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    lat: dict[str, list[float]] = {name: [] for name in fns}
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for name, fn in fns.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                lat[name].append(time.perf_counter() - t0)
+    return {name: {**percentiles_ms(values, (50, 95)), "runs": len(values)} for name, values in lat.items()}
+
+
 @dataclass
 class LatencyStats:
     """Latencies of repeated requests (milliseconds) and failures."""

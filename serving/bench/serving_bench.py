@@ -37,7 +37,7 @@ import onnxruntime as ort
 from tritonclient import grpc as grpcclient
 
 from serving.bench.baselines import independent_repository, replicate_workspace
-from serving.bench.load_generator import ClosedLoopLoad, percentiles_ms
+from serving.bench.load_generator import ClosedLoopLoad, interleaved
 from serving.triton import model_configs as mcfg
 from serving.triton.embedded_server import EmbeddedTriton, free_port
 from serving.triton.model_names import FANOUT_MODEL
@@ -89,26 +89,6 @@ def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int
     return {"img_per_s": load.ok_per_s(), **load.percentiles_ms((50, 95)), "errors": load.failed}
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], seconds: float, block: int = 20) -> dict[str, dict]:
-    """p50/p95 of each of ``fns``, run one call at a time in alternating blocks of ``block`` calls.
-
-    Alternating (after 3 warm-up calls each) spreads the machine's noise over every side alike;
-    ``seconds`` is the time of all sides together.
-    """
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    lat: dict[str, list[float]] = {name: [] for name in fns}
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for name, fn in fns.items():
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                lat[name].append(time.perf_counter() - t0)
-    return {name: {**percentiles_ms(values, (50, 95)), "runs": len(values)} for name, values in lat.items()}
-
-
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     """An onnxruntime session with the python backend's options (see ``serving/triton/backend/model.py``)."""
     options = ort.SessionOptions()
@@ -156,7 +136,7 @@ def _latency(url: str, image: np.ndarray, reference: Callable[[], None], seconds
     """
     client = grpcclient.InferenceServerClient(url)
     inp = _input(image)
-    return _interleaved({"triton": lambda: client.infer(FANOUT_MODEL, [inp]), "ort": reference}, seconds)
+    return interleaved({"triton": lambda: client.infer(FANOUT_MODEL, [inp]), "ort": reference}, seconds)
 
 
 def _serve(repo: Path) -> EmbeddedTriton:
