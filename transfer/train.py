@@ -12,7 +12,7 @@ from shared.artifacts import atomic_write_bytes
 from shared.errors import ConfigError
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, dump_config, load_config
-from transfer.data.coco import load_coco
+from transfer.data.coco import CocoTask, load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head, publish_trunk, sample_images
 from transfer.training.devices import plan_device, resolve_device
 from transfer.training.distillation import ImageNetTeacher
@@ -50,19 +50,21 @@ def data_root(ws: Workspace, cfg: PolyheadConfig) -> Path:
     return root if root.is_absolute() else ws.root / root
 
 
-def check_data(cfg: PolyheadConfig, root: Path, strict: bool = False) -> None:
+def check_data(cfg: PolyheadConfig, root: Path, strict: bool = False) -> dict[str, dict[str, CocoTask]]:
     """Load every task's ``train`` and ``val`` file and image headers before anything trains.
 
     Missing or unreadable images, wrong sizes and (with ``strict``) boxes that need clipping or
     dropping raise here, not mid-epoch or after training; fixes are counted once per file
     (:func:`transfer.data.coco.load_coco`).
 
+    Returns:
+        ``{"train": {task: CocoTask}, "val": {...}}``, for training and evaluation to use as loaded.
+
     Raises:
         DataError: From :func:`~transfer.data.coco.load_coco`, naming the file and the fix.
     """
-    for split in ("train", "val"):
-        for task in cfg.data.tasks:
-            load_coco(root / task / f"{split}.json", root / cfg.data.images, name=task, strict=strict)
+    return {split: {task: load_coco(root / task / f"{split}.json", root / cfg.data.images, name=task, strict=strict)
+                    for task in cfg.data.tasks} for split in ("train", "val")}
 
 
 def post_config(cfg: PolyheadConfig) -> PostprocessConfig:
@@ -70,10 +72,15 @@ def post_config(cfg: PolyheadConfig) -> PostprocessConfig:
     return PostprocessConfig(cfg.head.score_threshold, cfg.head.iou_threshold, cfg.head.max_dets)
 
 
-def publish_model(ws: Workspace, cfg: PolyheadConfig, model: MultiTaskModel, variant: str = REFERENCE) -> dict:
-    """Export ``model``'s trunk as ``variant`` and its heads, then evaluate every head on it."""
-    root = data_root(ws, cfg)
-    val = load_tasks(cfg, root, "val")
+def publish_model(
+    ws: Workspace, cfg: PolyheadConfig, model: MultiTaskModel, variant: str = REFERENCE,
+    val: dict[str, CocoTask] | None = None,
+) -> dict:
+    """Export ``model``'s trunk as ``variant`` and its heads, then evaluate every head on it.
+
+    ``val``: the ``val`` splits already loaded (:func:`check_data`); ``None`` loads them.
+    """
+    val = val if val is not None else load_tasks(cfg, data_root(ws, cfg), "val")
     images = sample_images(next(iter(val.values())), cfg.input_size, 4)
     model.eval()
     publish_trunk(ws, model.trunk, variant, cfg.input_size, images, {"role": "reference"})
@@ -121,7 +128,7 @@ def run_train(
         cfg = resolve_config(ws, config)
     if teacher_checkpoint and (teacher_weights or cfg.teacher_weights):
         raise ConfigError("give one teacher: --teacher CKPT or --teacher-weights FILE, not both")
-    check_data(cfg, data_root(ws, cfg), strict)  # before any teacher is loaded or epoch run
+    splits = check_data(cfg, data_root(ws, cfg), strict)  # before any teacher is loaded or epoch run
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint else None
     if teacher_weights:  # a command-line path: relative to the current directory
         teacher = ImageNetTeacher.from_weights(teacher_weights)
@@ -132,8 +139,8 @@ def run_train(
         cfg = replace(cfg, train=replace(cfg.train, distill_weight=1.0))  # --teacher implies distillation
     with process_group(plan.device) as ctx:
         result = train(cfg, data_root(ws, cfg), ws.checkpoints / f"{cfg.trunk}.pt", teacher, resume, progress,
-                       plan, ctx)
-        maps = publish_model(ws, cfg, result.model) if ctx.is_main else {}
+                       plan, ctx, tasks=splits["train"])
+        maps = publish_model(ws, cfg, result.model, val=splits["val"]) if ctx.is_main else {}
         ctx.barrier()  # the other ranks wait for rank 0's exports
     return TrainReport(
         maps,

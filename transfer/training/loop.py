@@ -137,6 +137,7 @@ def train(
     progress: bool = True,
     device: str | DevicePlan = "auto",
     ctx: DistContext | None = None,
+    tasks: dict[str, CocoTask] | None = None,
 ) -> TrainResult:
     """Train trunk + heads on ``cfg.data.tasks``; resumable from ``checkpoint`` (saved every epoch).
 
@@ -155,6 +156,7 @@ def train(
             (:func:`transfer.training.distributed.process_group`); ``None``: one process. Ranks
             split each epoch (``train.batch_size`` is the global batch), the model runs in
             DistributedDataParallel, and rank 0 alone writes the checkpoint.
+        tasks: The ``train`` splits already loaded (:func:`load_tasks`); ``None`` loads them.
 
     Returns:
         The trained model (on the CPU), the checkpoint path, time, and the losses.
@@ -170,7 +172,7 @@ def train(
     torch.manual_seed(cfg.train.seed)
     plan.set_threads(rank_threads(cfg, ctx))
     data_root, checkpoint = Path(data_root), Path(checkpoint)
-    tasks = load_tasks(cfg, data_root, "train")
+    tasks = tasks if tasks is not None else load_tasks(cfg, data_root, "train")
     ds = MultiTaskDataset(tasks, data_root / cfg.data.images, cfg.input_size, Augment(), seed=cfg.train.seed)
     if ctx.broadcast(resume and checkpoint.exists()):  # rank 0 decides: every rank resumes, or none
         model, state = load_checkpoint(checkpoint)
