@@ -299,18 +299,17 @@ def read_head_record(directory: str | Path, what: str = "head") -> HeadRecord:
 
 def write_variant_record(directory: str | Path, record: VariantRecord) -> Path:
     """Atomically write ``<directory>/variant.json`` (checked by the reader's rules first); return its path."""
-    path = Path(directory) / VARIANT_FILE
-    data = record.to_json()
-    VariantRecord.from_json(data, path)
-    atomic_write_json(path, data)
-    return path
+    return _write_record(Path(directory) / VARIANT_FILE, record)
 
 
 def write_head_record(directory: str | Path, record: HeadRecord) -> Path:
     """Atomically write ``<directory>/head.json`` (checked by the reader's rules first); return its path."""
-    path = Path(directory) / HEAD_FILE
+    return _write_record(Path(directory) / HEAD_FILE, record)
+
+
+def _write_record(path: Path, record: VariantRecord | HeadRecord) -> Path:
     data = record.to_json()
-    HeadRecord.from_json(data, path)
+    type(record).from_json(data, path)
     atomic_write_json(path, data)
     return path
 
