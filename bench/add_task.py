@@ -1,6 +1,7 @@
 """Head-only `add-task` vs full fine-tuning of trunk + head, on a 500-image new task, in one run.
 
-    .venv/bin/python -m bench.add_task --workdir polyhead-work [--task shapes|photos] [--epochs 10] [--json OUT]
+    .venv/bin/python -m bench.add_task --workdir polyhead-work [--task shapes|photos] [--epochs 10]
+        [--device auto|cpu|cuda] [--json OUT]
 
 ``--workdir`` is a trained workspace (``polyhead train`` or ``make demo``); it is not modified:
 both contenders work on a copy under ``<workdir>-bench-add-task``. The new task (500 train / 100
@@ -29,23 +30,25 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from transfer.training.devices import DEVICE_CHOICES
+
 TASKS = ("shapes", "photos")
 
 
-def head_only(ws: Path, data: Path, epochs: int, task: str = "shapes") -> dict:
+def head_only(ws: Path, data: Path, epochs: int, task: str = "shapes", device: str = "auto") -> dict:
     """`add-task` on a copy of the workspace; wall time and mAP on the reference variant."""
     from transfer.add_task import add_task
 
     t0 = time.perf_counter()
     report = add_task(ws, f"bench_{task}", data / task / "train.json", data / task / "val.json", data / "images",
-                      epochs=epochs, progress=False)
+                      epochs=epochs, progress=False, device=device)
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 1), "map": round(report.maps["reference"]["map"], 4),
             "map50": round(report.maps["reference"]["map50"], 4), "phases_s": report.seconds,
             "trainable_params": report.head_params, "epochs": report.epochs}
 
 
-def full_finetune(ws: Path, data: Path, epochs: int, task: str = "shapes") -> dict:
+def full_finetune(ws: Path, data: Path, epochs: int, task: str = "shapes", device: str = "auto") -> dict:
     """Reference trunk + fresh head trained end to end on the new task; wall time and mAP."""
     from shared.artifacts import read_json
     from shared.workspace import Workspace
@@ -68,7 +71,7 @@ def full_finetune(ws: Path, data: Path, epochs: int, task: str = "shapes") -> di
     model.trunk.load_state_dict(trunk.state_dict())
     ckpt = ws / "finetune.pt"
     save_checkpoint(ckpt, model, {"epoch": 0})  # train() resumes from here: trunk pretrained, head fresh
-    result = train(cfg, data, ckpt, resume=True, progress=False)
+    result = train(cfg, data, ckpt, resume=True, progress=False, device=device)
     seconds = time.perf_counter() - t0
     val = load_tasks(cfg, data, "val")[task]
     m = coco_map(val, detect_split(val, cfg.input_size, torch_detector(result.model.eval(), task, post_config(cfg))))
@@ -81,7 +84,9 @@ def main() -> int:
     p.add_argument("--workdir", default="polyhead-work")
     p.add_argument("--task", choices=TASKS, default="shapes", help="the new task (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=10, help="full fine-tuning epochs")
-    p.add_argument("--head-epochs", type=int, default=20, help="head-only epochs (add-task's default: 20)")
+    p.add_argument("--head-epochs", type=int, default=14, help="head-only epochs (add-task's default: %(default)s)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where both contenders train (default: cuda when available)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
 
@@ -104,13 +109,14 @@ def main() -> int:
     ws = out / "work"
     shutil.rmtree(ws, ignore_errors=True)
     shutil.copytree(src, ws, ignore=shutil.ignore_patterns("model_repository", "data", ".add-task-*"))
-    heads = head_only(ws, data, args.head_epochs, task)
+    heads = head_only(ws, data, args.head_epochs, task, args.device)
     print(f"head-only add-task: {heads['seconds']:.0f} s, mAP {heads['map']:.3f} (mAP50 {heads['map50']:.3f})",
           flush=True)
-    full = full_finetune(ws, data, args.epochs, task)
+    full = full_finetune(ws, data, args.epochs, task, args.device)
     print(f"full fine-tuning:   {full['seconds']:.0f} s, mAP {full['map']:.3f} (mAP50 {full['map50']:.3f})", flush=True)
     result = {
         "task": task, "trunk": load_config(src / "polyhead.yaml").trunk, "train_images": 500, "val_images": 100,
+        "device": args.device,
         "head_only": heads, "full_finetune": full,
         "speedup": round(full["seconds"] / heads["seconds"], 2),
         "map_gap_points": round(100 * (full["map"] - heads["map"]), 2),

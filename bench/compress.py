@@ -1,6 +1,6 @@
 """Reproduce the compression benchmark end to end on this machine (docs/benchmarks.md, "Compression").
 
-    .venv/bin/python -m bench.compress --workdir polyhead-compress [--epochs 6] [--json OUT]
+    .venv/bin/python -m bench.compress --workdir polyhead-compress [--epochs 6] [--device auto|cpu|cuda] [--json OUT]
 
 Steps: synthetic data (400 train / 100 val / 200 unlabelled, 256 px), a short sparse training of the
 student trunk (``bn_l1``), `polyhead compress` (2 prune rounds with distillation fine-tuning, INT8,
@@ -18,12 +18,16 @@ from pathlib import Path
 
 import yaml
 
+from transfer.training.devices import DEVICE_CHOICES
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="polyhead-compress")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--tolerance", type=float, default=1.0)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where training and the distillation fine-tune run (default: cuda when available)")
     p.add_argument("--json", help="write the bench result here")
     args = p.parse_args()
 
@@ -42,11 +46,12 @@ def main() -> int:
         cfg = {"input_size": 192, "trunk": "student", "data": {"root": "data"},
                "train": {"epochs": args.epochs, "bn_l1": 1e-4}}
         (ws / "polyhead.yaml").write_text(yaml.safe_dump(cfg))
-        report = run_train(ws, ws / "polyhead.yaml", progress=False)
+        report = run_train(ws, ws / "polyhead.yaml", progress=False, device=args.device)
         print(f"train: {report.seconds:.0f} s, mAP {({t: round(m['map'], 4) for t, m in report.maps.items()})}",
               flush=True)
     t1 = time.time()
-    report = run_compress(ws, tolerance=args.tolerance, progress=False, log=lambda m: print(m, flush=True))
+    report = run_compress(ws, tolerance=args.tolerance, progress=False, log=lambda m: print(m, flush=True),
+                          device=args.device)
     print(f"compress: {time.time() - t1:.0f} s (built {report.built})")
     print("\n".join(format_catalogue(report.catalogue)))
     result = run_compress_bench(ws)

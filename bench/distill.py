@@ -1,6 +1,6 @@
 """Distillation gain: the student trunk trained with and without a teacher, same data, same budget.
 
-    .venv/bin/python -m bench.distill --root polyhead-distill [--epochs 8] [--json OUT]
+    .venv/bin/python -m bench.distill --root polyhead-distill [--epochs 8] [--device auto|cpu|cuda] [--json OUT]
 
 Both runs share one synthetic dataset (400 train / 100 val / 200 unlabelled images, 256 px),
 the config (student trunk, 192 px, ``--epochs`` epochs, same seed) and the loop; the only
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from transfer.training.devices import DEVICE_CHOICES
 
-def _train(ws: Path, epochs: int, teacher_weights: str | None) -> dict:
+
+def _train(ws: Path, epochs: int, teacher_weights: str | None, device: str = "auto") -> dict:
     from shared.artifacts import read_json
     from transfer.train import run_train
 
@@ -37,7 +39,7 @@ def _train(ws: Path, epochs: int, teacher_weights: str | None) -> dict:
         cfg["train"]["distill_weight"] = 1.0
     (ws / "polyhead.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.time()
-    report = run_train(ws, ws / "polyhead.yaml", progress=False, resume=True)
+    report = run_train(ws, ws / "polyhead.yaml", progress=False, resume=True, device=device)
     result = {"seconds": round(time.time() - t0, 1),
               "map": {t: round(m["map"], 4) for t, m in report.maps.items()},
               "map50": {t: round(m["map50"], 4) for t, m in report.maps.items()}}
@@ -50,6 +52,8 @@ def main() -> int:
     p.add_argument("--root", default="polyhead-distill")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--teacher-weights", help="torchvision mobilenet_v2 state_dict (default: the pip package's file)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where both runs train (default: cuda when available)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
 
@@ -62,7 +66,7 @@ def main() -> int:
         generate(root / "data", seed=0, num_train=400, num_val=100, num_unlabeled=200, image_size=256)
     runs = {}
     for name, teacher in (("without", None), ("with", weights)):
-        runs[name] = _train(root / name, args.epochs, teacher)
+        runs[name] = _train(root / name, args.epochs, teacher, args.device)
         print(f"{name:8s} distillation: {runs[name]['seconds']:.0f} s  mAP {runs[name]['map']}", flush=True)
     gain = {t: round(100 * (runs["with"]["map"][t] - runs["without"]["map"][t]), 2) for t in runs["without"]["map"]}
     result = {

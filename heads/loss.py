@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -110,13 +110,19 @@ class DetectionLoss:
     """Loss of one head over a batch; images with ``None`` targets are ignored.
 
     ``__call__(out, targets) -> {"cls": scalar, "box": scalar, "total": scalar}``, where
-    ``targets[b]`` is ``None`` or ``{"boxes": (N,4) float, "labels": (N,) int64}``.
+    ``targets[b]`` is ``None`` or ``{"boxes": (N,4) float, "labels": (N,) int64}``. It computes in
+    float32 with autocast off, whatever the head ran in (bf16/fp16 under a GPU's autocast).
     """
 
     def __init__(self, cfg: LossConfig = LossConfig()):
         self.cfg = cfg
 
     def __call__(self, out: HeadOutput, targets: list[dict | None]) -> dict[str, Tensor]:  # noqa: D102
+        with torch.autocast(out.logits.device.type, enabled=False):
+            fp32 = replace(out, logits=out.logits.float(), distances=out.distances.float(), points=out.points.float())
+            return self._loss(fp32, targets)
+
+    def _loss(self, out: HeadOutput, targets: list[dict | None]) -> dict[str, Tensor]:
         keep = [b for b, t in enumerate(targets) if t is not None]
         zero = out.logits.new_zeros(())
         if not keep:

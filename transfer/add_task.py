@@ -13,6 +13,7 @@ next ``add_task`` removes every such directory whose process is gone (:func:`rem
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -41,7 +42,10 @@ from transfer.config import PolyheadConfig, load_config
 from transfer.data.coco import CocoTask, load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head
 from transfer.train import post_config
+from transfer.training.devices import plan_device
 from transfer.training.feature_cache import (
+    DEFAULT_VIEWS,
+    DeviceTrunk,
     HeadOnlyTrainConfig,
     OnnxTrunk,
     build_feature_cache,
@@ -170,9 +174,10 @@ def add_task(
     epochs: int = HeadOnlyTrainConfig.epochs,
     live: LiveTarget | None = None,
     progress: bool = True,
-    views: int = 2,
+    views: int = DEFAULT_VIEWS,
     train_cfg: HeadOnlyTrainConfig | None = None,
     strict: bool = False,
+    device: str = "auto",
 ) -> AddTaskReport:
     """Train a head for a new task on the frozen reference trunk and publish it (optionally hot-load it).
 
@@ -190,6 +195,10 @@ def add_task(
         train_cfg: Full head-training settings.
         strict: Refuse annotation files whose boxes need clipping or dropping, or whose image sizes need
             correcting (default: fix them and warn with one line per file).
+        device: ``auto`` | ``cpu`` | ``cuda``: where the features are cached and the head trained.
+            On the CPU the exported ONNX trunk computes the cache (the server's own features); on
+            CUDA the PyTorch trunk does, under bf16/fp16 autocast (onnxruntime here is CPU-only).
+            The head is evaluated in ONNX on the CPU either way.
 
     Returns:
         An :class:`AddTaskReport`.
@@ -203,6 +212,7 @@ def add_task(
     """
     t0 = time.perf_counter()
     cfg = train_cfg if train_cfg is not None else HeadOnlyTrainConfig(epochs=epochs)
+    plan = plan_device(device)  # a clear error (no CUDA) before anything is read
     inputs = _validate(workdir, name, train_json, val_json, images, strict)
     remove_stale_staging(inputs.ws)
     if live is not None:
@@ -217,7 +227,8 @@ def add_task(
     committed: _Commit | None = None
     try:
         t = time.perf_counter()
-        cache = build_feature_cache(onnx_trunk, inputs.train, size, views, cfg.batch_size, seed=cfg.seed,
+        cacher = DeviceTrunk(copy.deepcopy(trunk), plan) if plan.is_cuda else onnx_trunk
+        cache = build_feature_cache(cacher, inputs.train, size, views, cfg.batch_size, seed=cfg.seed,
                                     progress=progress)
         with cache:
             seconds["cache"] = time.perf_counter() - t
@@ -226,7 +237,7 @@ def add_task(
             torch.manual_seed(cfg.seed)
             arch = HeadArchitecture(len(info.classes), inputs.cfg.head.width, inputs.cfg.head.transfer_depth)
             head = DetectionHead(trunk.feature_specs, arch)
-            losses = train_head_on_cache(head, cache, cfg, progress=progress)
+            losses = train_head_on_cache(head, cache, cfg, progress=progress, plan=plan)
             seconds["train"] = time.perf_counter() - t
             num_views, cache_mb = len(cache), cache.nbytes / 2**20
         t = time.perf_counter()

@@ -46,6 +46,7 @@ from transfer.data.coco import CocoTask, load_coco
 from transfer.export.onnx_graphs import session
 from transfer.export.publish import REFERENCE, device_name, evaluate_head, measure_latency, publish_trunk
 from transfer.train import data_root, resolve_config
+from transfer.training.devices import DevicePlan, plan_device
 from transfer.training.multitask_model import load_checkpoint
 
 CATALOGUE = "catalogue.json"
@@ -146,7 +147,8 @@ def _publish_onnx(
 
 
 def _build_pruned(ws, reference: Trunk, images: torch.Tensor, holdout: torch.Tensor, settings: CompressSettings,
-                  input_size: int, progress: bool, log: Log, heads: tuple = ()) -> tuple[list[str], list[str]]:
+                  input_size: int, progress: bool, log: Log, heads: tuple = (),
+                  plan: DevicePlan | None = None) -> tuple[list[str], list[str]]:
     """Prune -> fine-tune rounds; returns (variant names, names built now).
 
     ``heads``: the checkpoint's frozen heads, for response distillation (``settings.prune.response_weight``).
@@ -162,11 +164,11 @@ def _build_pruned(ws, reference: Trunk, images: torch.Tensor, holdout: torch.Ten
             names.append(name)
             continue
         if target is None:
-            target, holdout_target = trunk_features(reference, images), trunk_features(reference, holdout)
+            target, holdout_target = trunk_features(reference, images, plan=plan), trunk_features(reference, holdout)
         t0 = time.perf_counter()
         trunk = prune_trunk(parent, settings.prune)
         before = feature_error(trunk, holdout_target, holdout)
-        losses = distill_finetune(trunk, images, target, settings.prune, progress, heads)
+        losses = distill_finetune(trunk, images, target, settings.prune, progress, heads, plan)
         after = feature_error(trunk, holdout_target, holdout)
         log(f"{name}: hidden {sum(hidden_widths(parent))} -> {sum(hidden_widths(trunk))} channels, "
             f"feature error {before:.3f} -> {after:.3f} in {time.perf_counter() - t0:.0f} s")
@@ -227,7 +229,7 @@ def _remeasure(ws: Workspace, names: list[str], check: np.ndarray, repeats: int)
 
 def run_compress(
     workdir: str | Path, tolerance: float = 1.0, progress: bool = True,
-    settings: CompressSettings | None = None, log: Log | None = None,
+    settings: CompressSettings | None = None, log: Log | None = None, device: str = "auto",
 ) -> CompressReport:
     """Build, evaluate and catalogue the trunk's compression variants (resumable, interrupt-safe).
 
@@ -237,11 +239,14 @@ def run_compress(
         progress: Show progress bars while fine-tuning.
         settings: What to build (defaults: 2 prune rounds, INT8, FP16).
         log: Called with one line per finished step (the CLI prints them).
+        device: ``auto`` | ``cpu`` | ``cuda``: where the pruned trunks' distillation fine-tune runs
+            (autocast on CUDA). Latency is measured in onnxruntime on the CPU either way.
 
     Returns:
         A :class:`CompressReport`; ``trunk/catalogue.json`` holds the same catalogue.
     """
     t0, settings, log = time.perf_counter(), settings or CompressSettings(), log or (lambda _msg: None)
+    plan = plan_device(device)  # a clear error (no CUDA) before anything is written
     ws = Workspace.at(workdir)
     ref_meta = read_json(ws.require(ws.variant(REFERENCE) / "variant.json", "run `polyhead train` first"))
     cfg = resolve_config(ws, None)
@@ -259,7 +264,7 @@ def run_compress(
                          for t in list(vals.values())[:1]]) if vals else None
     images = load_images(_task_images(cfg, root)[: settings.max_images], input_size)
     holdout = images[-32:] if holdout is None else holdout
-    pruned, built = _build_pruned(ws, reference, images, holdout, settings, input_size, progress, log, heads)
+    pruned, built = _build_pruned(ws, reference, images, holdout, settings, input_size, progress, log, heads, plan)
     jobs = []
     if settings.int8:
         jobs.append(("int8", REFERENCE, "int8"))

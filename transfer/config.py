@@ -49,6 +49,9 @@ class TrainConfig:
         threads: torch intra-op threads.
         distill_weight: Weight of feature distillation from the teacher (0 disables).
         bn_l1: L1 on BatchNorm scales (sparse training before pruning; 0 disables).
+        backbone_lr_scale: Learning-rate factor of a pretrained backbone (``trunk: mobilenet_v2``):
+            a tenth keeps more of its ImageNet features for heads added later (docs/benchmarks.md);
+            from-scratch trunks train every parameter at ``lr``.
     """
 
     epochs: int = 15
@@ -60,6 +63,12 @@ class TrainConfig:
     threads: int = 2
     distill_weight: float = 0.0
     bn_l1: float = 0.0
+    backbone_lr_scale: float = 0.1
+
+    def __post_init__(self):
+        if not 0.0 <= self.backbone_lr_scale <= 1.0:
+            raise ConfigError(f"train.backbone_lr_scale must be in [0, 1] (0 freezes a pretrained backbone's "
+                              f"weights), got {self.backbone_lr_scale}")
 
 
 @dataclass(frozen=True)

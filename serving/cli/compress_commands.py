@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from serving.cli.options import Subparsers, add_workdir
+from serving.cli.options import Subparsers, add_device, add_workdir
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -42,7 +42,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     settings = CompressSettings(rounds=args.rounds)
     settings = replace(settings, prune=replace(settings.prune, ratio=args.prune_ratio, steps=args.finetune_steps,
                                                response_weight=args.response_weight))
-    report = run_compress(args.workdir, tolerance=args.tolerance, settings=settings, log=print)
+    report = run_compress(args.workdir, tolerance=args.tolerance, settings=settings, log=print, device=args.device)
     for line in format_catalogue(report.catalogue):
         print(line)
     print(f"built {', '.join(report.built) or 'nothing (all up to date)'} in {report.seconds:.0f} s; "
@@ -71,4 +71,5 @@ def register(sub: Subparsers) -> None:
     c.add_argument("--response-weight", type=float, default=defaults.response_weight,
                    help="also distil the frozen heads' outputs during the fine-tune (0 = features only; "
                         "default %(default)s)")
+    add_device(c, "the pruned variants' distillation fine-tune (latency is measured in onnxruntime on the CPU)")
     c.set_defaults(func=_cmd_compress)

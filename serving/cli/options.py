@@ -1,4 +1,4 @@
-"""Options that several command groups share: ``--workdir`` and ``--heads-layout``."""
+"""Options that several command groups share: ``--workdir``, ``--heads-layout`` and ``--device``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from shared.workspace import DEFAULT_WORKDIR
 
 #: ``serving.triton.model_configs.HEADS_LAYOUTS``, spelled here so that parsing the command line imports no protobuf.
 LAYOUTS = ("per_task", "shared", "in_trunk")
+#: ``transfer.training.devices.DEVICE_CHOICES``, spelled here so that parsing imports no torch.
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class Subparsers(Protocol):
@@ -39,3 +41,15 @@ def add_heads_layout(parser: argparse.ArgumentParser, default: str | None, help_
     """
     parser.add_argument("--heads-layout", type=lambda text: text.replace("-", "_"), choices=LAYOUTS,
                         default=default, metavar="{per-task,shared,in-trunk}", help=help_text)
+
+
+def add_device(parser: argparse.ArgumentParser, work: str) -> None:
+    """Add ``--device auto|cpu|cuda`` (default ``auto``: CUDA when torch sees a GPU).
+
+    Args:
+        parser: The subcommand's parser.
+        work: What runs on the device, for the help text (e.g. ``"the head training"``).
+    """
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help=f"where {work} runs: cuda (bf16, or fp16 with a loss scaler), cpu (fp32), "
+                             "auto = cuda when available (default)")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serving.cli.options import Subparsers, add_heads_layout, add_workdir, default_layout
+from serving.cli.options import Subparsers, add_device, add_heads_layout, add_workdir, default_layout
 
 
 def _cmd_add_task(args: argparse.Namespace) -> int:
@@ -16,7 +16,8 @@ def _cmd_add_task(args: argparse.Namespace) -> int:
     # add-task is a transaction on the workspace: SIGTERM rolls it back like Ctrl-C (serving.cli.main)
     report = add_task(args.workdir, args.name, args.train_json, args.val_json, args.images,
                       epochs=args.epochs, views=args.views,
-                      live=TritonHotAdd(args.server) if args.server else None, strict=args.strict)
+                      live=TritonHotAdd(args.server) if args.server else None, strict=args.strict,
+                      device=args.device)
     s = report.seconds
     print(f"task '{report.task}': {len(report.classes)} classes ({', '.join(report.classes)}), "
           f"head {report.head_params:,d} params -> {report.head_dir}")
@@ -97,13 +98,17 @@ def register(sub: Subparsers) -> None:
     a.add_argument("--train-json", required=True, help="COCO training annotations")
     a.add_argument("--val-json", required=True, help="COCO validation annotations (same categories)")
     a.add_argument("--images", required=True, help="directory that file_name entries are relative to")
-    a.add_argument("--epochs", type=int, default=20, help="head training epochs (default: %(default)s)")
-    a.add_argument("--views", type=int, default=2,
+    from transfer.training.feature_cache import DEFAULT_VIEWS, HeadOnlyTrainConfig
+
+    a.add_argument("--epochs", type=int, default=HeadOnlyTrainConfig.epochs,
+                   help="head training epochs (default: %(default)s)")
+    a.add_argument("--views", type=int, default=DEFAULT_VIEWS,
                    help="cached views per image: 1 plain, 2 + flip, more + random augmentation (default: %(default)s)")
     a.add_argument("--server", help="HOST:PORT (gRPC) of a running `polyhead serve` to hot-load the task into")
     a.add_argument("--strict", action="store_true",
                    help="refuse annotation files whose boxes stick out of their image or have no area, or whose "
                         "sizes are declared unrotated (default: clip/drop/correct them, one warning line per file)")
+    add_device(a, "the feature caching and head training")
     a.set_defaults(func=_cmd_add_task)
 
     e = sub.add_parser("export", help="generate the Triton model repository from the workspace")

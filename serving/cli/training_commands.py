@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serving.cli.options import Subparsers, add_workdir
+from serving.cli.options import Subparsers, add_device, add_workdir
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -81,9 +81,7 @@ def register(sub: Subparsers) -> None:
     t.add_argument("--strict", action="store_true",
                    help="refuse annotation files whose boxes stick out of their image or have no area, or whose "
                         "sizes are declared unrotated (default: clip/drop/correct them, one warning line per file)")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train: cuda (bf16/fp16 autocast), cpu (train.threads threads), "
-                        "auto = cuda when available (default)")
+    add_device(t, "training (on the CPU with train.threads threads)")
     t.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel processes on this machine (torch.distributed: gloo on CPU, nccl on CUDA); "
                         "train.batch_size is split over them. Several machines: run torchrun, see docs/deploy.md")

@@ -23,6 +23,7 @@ from shared.workspace import Workspace
 from transfer.add_task import add_task
 from transfer.data.synth import CLASSES
 from transfer.training.feature_cache import (
+    DEFAULT_VIEWS,
     HeadOnlyTrainConfig,
     OnnxTrunk,
     build_feature_cache,
@@ -73,7 +74,7 @@ def test_add_task_publishes_head_with_map_for_every_admitted_variant(env):
     assert all(0.0 <= m["map"] <= 1.0 and "map50" in m for m in meta["map"].values())
     assert meta["sha256"] == sha256_file(ws.head("shapes") / "model.onnx")
     assert meta["classes"] == list(CLASSES["shapes"]) and meta["input_size"] == SIZE
-    assert report.classes == CLASSES["shapes"] and report.num_views == 2 * report.num_images
+    assert report.classes == CLASSES["shapes"] and report.num_views == DEFAULT_VIEWS * report.num_images
     for variant in ("reference", "narrow"):
         assert json.loads((ws.variant(variant) / "variant.json").read_text())["map"]["shapes"] == report.maps[variant]
     assert "shapes" not in json.loads((ws.variant("rejected") / "variant.json").read_text())["map"]
@@ -167,6 +168,8 @@ def _write(path: Path, text: str) -> Path:
         ("long_name", ConfigError, "is invalid"),
         ("no_reference", ArtifactError, "reference"),
         ("bad_server", ConfigError, "HOST:PORT"),
+        pytest.param("cuda_without_gpu", ConfigError, "sees no CUDA device; run with --device cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
     ],
 )
 def test_bad_inputs_raise_clear_errors_and_leave_the_workspace_as_it_was(env, tmp_path, case, error, match):
@@ -192,6 +195,8 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_workspace_as_it_was(env, tm
         kwargs["name"] = "s" * 33
     elif case == "no_reference":
         shutil.rmtree(work / "trunk" / "reference")
+    elif case == "cuda_without_gpu":
+        kwargs["device"] = "cuda"
     before = snapshot(work)
     with pytest.raises(error, match=match):
         if case == "bad_server":

@@ -141,3 +141,17 @@ def test_bench_compress_compares_a_named_variant_even_if_not_admitted(workspace)
     assert out["admitted"] == rows[name]["admitted"] and name in out["teacher"]["side_by_side"]
     with pytest.raises(ConfigError, match="no variant 'nope'"):
         run_compress_bench(ws.root, repeats=3, variant="nope")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error a machine without CUDA gives")
+def test_compress_on_cuda_without_a_gpu_is_refused_before_anything_is_written(workspace, capsys):
+    from serving.cli.main import main
+    from shared.errors import ConfigError
+
+    ws, _ = workspace
+    before = {p: p.stat().st_mtime_ns for p in ws.root.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="sees no CUDA device; run with --device cpu"):
+        run_compress(ws.root, progress=False, settings=SETTINGS, device="cuda")
+    assert main(["compress", "--workdir", str(ws.root), "--device", "cuda"]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in ws.root.rglob("*") if p.is_file()} == before

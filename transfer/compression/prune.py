@@ -28,6 +28,7 @@ from shared.blocks import InvertedResidual
 from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from transfer.data.datasets import ImageFolderDataset
+from transfer.training.devices import DevicePlan
 from transfer.training.distillation import FeatureDistiller, response_distillation
 from transfer.training.schedule import warmup_cosine_lr
 
@@ -129,10 +130,19 @@ def load_images(paths: Sequence[str | Path], size: int) -> Tensor:
 
 
 @torch.no_grad()
-def trunk_features(trunk: Trunk, images: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
-    """Eval-mode features of ``images (N,3,S,S)``: ``{name: (N, C, S/stride, S/stride)}``."""
-    trunk.eval()
-    parts = [trunk(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+def trunk_features(
+    trunk: Trunk, images: Tensor, batch_size: int = 64, plan: DevicePlan | None = None
+) -> dict[str, Tensor]:
+    """Eval-mode features of ``images (N,3,S,S)``: ``{name: (N, C, S/stride, S/stride)}`` float32 CPU tensors.
+
+    ``plan``: where to compute them (fp32 even on CUDA: they are a distillation target); the trunk
+    comes back on the CPU.
+    """
+    device = plan.device if plan is not None else torch.device("cpu")
+    trunk.eval().to(device)
+    parts = [{n: f.cpu() for n, f in trunk(images[i : i + batch_size].to(device)).items()}
+             for i in range(0, len(images), batch_size)]
+    trunk.cpu()
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
@@ -146,6 +156,7 @@ def feature_error(student: Trunk, target: dict[str, Tensor], images: Tensor) -> 
 def distill_finetune(
     student: Trunk, images: Tensor, target: dict[str, Tensor], settings: PruneSettings, progress: bool = False,
     heads: Sequence[nn.Module] = (),
+    plan: DevicePlan | None = None,
 ) -> list[float]:
     """Fine-tune ``student`` in place to reproduce ``target`` features of ``images`` (feature distillation).
 
@@ -163,9 +174,14 @@ def distill_finetune(
     """
     if settings.steps == 0:
         return []
-    distiller = FeatureDistiller.for_contract(student.feature_specs, student.feature_specs)
-    student.to(memory_format=torch.channels_last)  # faster depthwise convs on CPU (see transfer/training/loop.py)
+    plan = plan or DevicePlan(torch.device("cpu"))
+    distiller = FeatureDistiller.for_contract(student.feature_specs, student.feature_specs).to(plan.device)
+    # channels-last: faster depthwise convs on CPU (see transfer/training/loop.py)
+    student.to(plan.device, memory_format=torch.channels_last)
+    for head in heads:
+        head.to(plan.device)
     opt = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)
+    scaler = plan.grad_scaler()
     g = torch.Generator().manual_seed(settings.seed)
     order, pos, losses = torch.randperm(len(images), generator=g), 0, []
     student.train()
@@ -178,23 +194,27 @@ def distill_finetune(
             order, pos = torch.randperm(len(images), generator=g), 0
         idx = order[pos : pos + settings.batch_size]
         pos += settings.batch_size
-        batch = images[idx].contiguous(memory_format=torch.channels_last)  # (B, 3, S, S) uint8
-        tgt = {n: t[idx] for n, t in target.items()}
+        batch = plan.move(images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S) uint8
+        tgt = plan.move({n: t[idx] for n, t in target.items()})
         for group in opt.param_groups:
             group["lr"] = warmup_cosine_lr(step, settings.steps, settings.lr)
-        feats = student(batch)
-        loss = distiller(feats, tgt)
-        if settings.response_weight > 0 and heads:
-            with torch.no_grad():
-                reference_out = [head(tgt) for head in heads]
-            loss = loss + settings.response_weight * sum(
-                response_distillation(head(feats), ref) for head, ref in zip(heads, reference_out)
-            )
+        with plan.autocast():
+            feats = student(batch)
+            loss = distiller(feats, tgt)
+            if settings.response_weight > 0 and heads:
+                with torch.no_grad():
+                    reference_out = [head(tgt) for head in heads]
+                loss = loss + settings.response_weight * sum(
+                    response_distillation(head(feats), ref) for head, ref in zip(heads, reference_out)
+                )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         losses.append(float(loss.detach()))
-    student.to(memory_format=torch.contiguous_format).eval()
+    student.to("cpu", memory_format=torch.contiguous_format).eval()
+    for head in heads:
+        head.cpu()
     return losses
 
 

@@ -123,6 +123,17 @@ def _place(modules: tuple[nn.Module | None, ...], device: torch.device, memory_f
             module.to(device, memory_format=memory_format)
 
 
+def param_groups(cfg: PolyheadConfig, model: MultiTaskModel, distiller: nn.Module | None) -> list[dict]:
+    """AdamW groups, each with its ``lr_scale``: a pretrained backbone at ``train.backbone_lr_scale``, the rest at 1."""
+    backbone = list(model.trunk.backbone.parameters()) if trunk_config(cfg.trunk).pretrained else []
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if id(p) not in ids] + (list(distiller.parameters()) if distiller else [])
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if backbone:
+        groups.append({"params": backbone, "lr_scale": cfg.train.backbone_lr_scale})
+    return groups
+
+
 def rank_threads(cfg: PolyheadConfig, ctx: DistContext) -> int:
     """CPU threads of one rank: ``train.threads`` alone, else this machine's cores shared by its ranks."""
     return cfg.train.threads if not ctx.is_distributed else max(1, cpu_cores() // ctx.local_world_size)
@@ -183,7 +194,7 @@ def train(
     # Channels-last: the trunk's depthwise convolutions train ~1.4x faster a step on CPU (oneDNN, measured).
     _place((model, distiller, teacher), plan.device, torch.channels_last)
     params = list(model.parameters()) + (list(distiller.parameters()) if distiller else [])
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(param_groups(cfg, model, distiller), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if "optimizer" in state:
         opt.load_state_dict(state["optimizer"])  # moves the state to the parameters' device
     step_fn: nn.Module = _TrainStep(cfg, model, distiller, teacher)
@@ -200,8 +211,9 @@ def train(
         bar = tqdm(_loader(cfg, ds, epoch, ctx, plan), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (progress and ctx.is_main), leave=False)
         for i, (images, targets, _) in enumerate(bar):
+            lr = warmup_cosine_lr(epoch * steps_per_epoch + i, total, cfg.train.lr, cfg.train.warmup_steps)
             for group in opt.param_groups:
-                group["lr"] = warmup_cosine_lr(epoch * steps_per_epoch + i, total, cfg.train.lr, cfg.train.warmup_steps)
+                group["lr"] = lr * group["lr_scale"]
             images = plan.move(images).contiguous(memory_format=torch.channels_last)
             with plan.autocast():
                 loss, losses = step_fn(images, plan.move(targets))

@@ -25,9 +25,10 @@ CASES = {
     ("eval", "--task", "cars", "--val-json", "v.json", "--images", "img"): ("training_commands", {
         "command": "eval", "task": "cars", "variant": "reference", "server": None, "json": None,
     }),
-    ("compress",): ("compress_commands", {"command": "compress", "tolerance": 1.0, "rounds": 2}),
+    ("compress",): ("compress_commands", {"command": "compress", "tolerance": 1.0, "rounds": 2, "device": "auto"}),
     ("add-task", "--name", "shapes", "--train-json", "t.json", "--val-json", "v.json", "--images", "img"): (
-        "serving_commands", {"command": "add-task", "name": "shapes", "epochs": 20, "views": 2, "server": None}),
+        "serving_commands", {"command": "add-task", "name": "shapes", "epochs": 14, "views": 4, "server": None,
+                             "device": "auto"}),
     ("export",): ("serving_commands", {
         "command": "export", "backend": "python", "dynamic_batching": False, "tensorrt": False,
         "max_batch_size": 8, "heads_layout": None,
