@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from shared.artifacts import atomic_write_bytes
 from shared.errors import ConfigError
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, dump_config, load_config
-from transfer.data.coco import CocoTask, load_coco
+from transfer.data.coco import CocoTask, DataWarning, load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head, publish_trunk, sample_images
 from transfer.training.devices import plan_device, resolve_device
 from transfer.training.distillation import ImageNetTeacher
@@ -31,17 +32,22 @@ class TrainReport:
     seconds: float
 
 
-def resolve_config(ws: Workspace, config: str | Path | None) -> PolyheadConfig:
-    """Use ``config`` (copied into the workspace) or the workspace's own ``polyhead.yaml``, or defaults."""
-    if config is not None:
-        cfg = load_config(config)
-        atomic_write_bytes(ws.config, dump_config(cfg).encode())
-        return cfg
-    if ws.config.exists():
+def resolve_config(ws: Workspace, config: str | Path | None, write: bool = True) -> PolyheadConfig:
+    """Use ``config`` (copied into the workspace) or the workspace's own ``polyhead.yaml``, or defaults.
+
+    ``write=False`` only reads: nothing is copied (:func:`save_config` does it once the data is checked).
+    """
+    if config is None and ws.config.exists():
         return load_config(ws.config)
-    cfg = PolyheadConfig()
-    atomic_write_bytes(ws.config, dump_config(cfg).encode())
+    cfg = load_config(config) if config is not None else PolyheadConfig()
+    if write:
+        save_config(ws, cfg)
     return cfg
+
+
+def save_config(ws: Workspace, cfg: PolyheadConfig) -> None:
+    """Write ``cfg`` as the workspace's ``polyhead.yaml`` (atomically)."""
+    atomic_write_bytes(ws.config, dump_config(cfg).encode())
 
 
 def data_root(ws: Workspace, cfg: PolyheadConfig) -> Path:
@@ -117,18 +123,20 @@ def run_train(
     ws = Workspace.at(workdir)
     if nproc > 1 and not launched():
         resolve_device(device, nproc - 1)  # a clear error (no CUDA, too few GPUs) before any process starts
-        resolve_config(ws, config)  # copied into the workspace once; the ranks read it there
-        return launch(nproc, run_train, ws.root, None, teacher_checkpoint, resume, progress, teacher_weights,
+        resolve_config(ws, config, write=False)  # a bad config fails here, before any process starts
+        return launch(nproc, run_train, ws.root, config, teacher_checkpoint, resume, progress, teacher_weights,
                       device, nproc, strict)[0]
     ctx = env_context()
     plan = plan_device(device, ctx.local_rank)
-    if not ctx.is_main:  # reads, never writes, the configuration
-        cfg = load_config(config if config is not None else ws.config)
-    else:
-        cfg = resolve_config(ws, config)
+    cfg = resolve_config(ws, config, write=False)  # every rank reads it; rank 0 writes it once the data is checked
     if teacher_checkpoint and (teacher_weights or cfg.teacher_weights):
         raise ConfigError("give one teacher: --teacher CKPT or --teacher-weights FILE, not both")
-    splits = check_data(cfg, data_root(ws, cfg), strict)  # before any teacher is loaded or epoch run
+    with warnings.catch_warnings():
+        if not ctx.is_main:  # rank 0 prints the data's warnings for the job
+            warnings.simplefilter("ignore", DataWarning)
+        splits = check_data(cfg, data_root(ws, cfg), strict)  # before any teacher is loaded or epoch run
+    if ctx.is_main:
+        save_config(ws, cfg)
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint else None
     if teacher_weights:  # a command-line path: relative to the current directory
         teacher = ImageNetTeacher.from_weights(teacher_weights)

@@ -294,3 +294,4 @@ def test_cli_train_strict_refuses_before_training(tmp_path, images_dir, capsys):
     assert cli_main(["train", "--workdir", str(work), "--config", str(config), "--strict"]) == 2
     assert "photos/train.json: 4 annotation(s) do not fit their image" in capsys.readouterr().err
     assert not (work / "checkpoints").exists() or not any((work / "checkpoints").iterdir())
+    assert not (work / "polyhead.yaml").exists()  # the config is copied in only once the data passed
