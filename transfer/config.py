@@ -20,6 +20,48 @@ TRUNK_CHOICES: tuple[str, ...] = ("nano", "student", "teacher", "mobilenet_v2")
 
 
 @dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: ``lo`` / ``hi`` (``None``: unbounded), each end open or closed."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        return f"{left}{lo}, {hi}{right}"
+
+
+def ranged(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Any:
+    """A dataclass field with its allowed :class:`Range` (checked by :func:`check_ranges`)."""
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
+
+
+def check_ranges(obj: Any, section: str) -> None:
+    """Refuse a field of dataclass ``obj`` outside its :func:`ranged` range, naming the key, value and range.
+
+    Raises:
+        ConfigError: ``<section>.<key> = <value> is out of range: allowed <range>``.
+    """
+    for f in dataclasses.fields(obj):
+        allowed = f.metadata.get("range")
+        value = getattr(obj, f.name)
+        if allowed is not None and value not in allowed:
+            key = f"{section}.{f.name}" if section else f.name
+            raise ConfigError(f"{key} = {value!r} is out of range: allowed {allowed}; set it inside that range")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the COCO files are.
 
@@ -54,21 +96,19 @@ class TrainConfig:
             from-scratch trunks train every parameter at ``lr``.
     """
 
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 4e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    seed: int = 0
-    threads: int = 2
-    distill_weight: float = 0.0
-    bn_l1: float = 0.0
-    backbone_lr_scale: float = 0.1
+    epochs: int = ranged(15, 1, 100_000)
+    batch_size: int = ranged(32, 1, 65_536)
+    lr: float = ranged(4e-3, 0.0, 10.0, lo_open=True)
+    weight_decay: float = ranged(0.05, 0.0, 10.0)
+    warmup_steps: int = ranged(50, 0, None)
+    seed: int = ranged(0, 0, 2**32 - 1)
+    threads: int = ranged(2, 1, 1024)
+    distill_weight: float = ranged(0.0, 0.0, 1000.0)
+    bn_l1: float = ranged(0.0, 0.0, 1.0)
+    backbone_lr_scale: float = ranged(0.1, 0.0, 1.0)  # 0 freezes a pretrained backbone's weights
 
     def __post_init__(self):
-        if not 0.0 <= self.backbone_lr_scale <= 1.0:
-            raise ConfigError(f"train.backbone_lr_scale must be in [0, 1] (0 freezes a pretrained backbone's "
-                              f"weights), got {self.backbone_lr_scale}")
+        check_ranges(self, "train")
 
 
 @dataclass(frozen=True)
@@ -79,14 +119,17 @@ class HeadSection:
     heads are built; head-only training hyper-parameters are ``HeadOnlyTrainConfig``.
     """
 
-    width: int = 64  # w64 d1 (16 K params): same mAP as w96 d2 (54 K) here, 0.19 vs 0.28 ms (docs/benchmarks.md)
-    depth: int = 1
+    width: int = ranged(64, 1, 4096)  # w64 d1 (16 K params): same mAP as w96 d2 (54 K), 0.19 vs 0.28 ms
+    depth: int = ranged(1, 1, 16)
     # add-task heads: a frozen trunk leaves the head to adapt the features itself; on the demo's new
     # task depth 2 reaches mAP 0.227 against 0.140 for depth 1 (51 vs 40 s)
-    transfer_depth: int = 2
-    score_threshold: float = 0.05
-    iou_threshold: float = 0.6
-    max_dets: int = 100
+    transfer_depth: int = ranged(2, 1, 16)
+    score_threshold: float = ranged(0.05, 0.0, 1.0, hi_open=True)
+    iou_threshold: float = ranged(0.6, 0.0, 1.0, lo_open=True)
+    max_dets: int = ranged(100, 1, 10_000)
+
+    def __post_init__(self):
+        check_ranges(self, "head")
 
 
 @dataclass(frozen=True)
@@ -105,7 +148,7 @@ class PolyheadConfig:
             when that is 0.
     """
 
-    input_size: int = 192
+    input_size: int = ranged(192, 64, 2048)
     trunk: str = "mobilenet_v2"
     teacher: str | None = None
     teacher_weights: str | None = None
@@ -114,8 +157,10 @@ class PolyheadConfig:
     head: HeadSection = field(default_factory=HeadSection)
 
     def __post_init__(self):
-        if self.input_size % 32 or self.input_size < 64:
-            raise ConfigError(f"input_size must be a multiple of 32 and >= 64, got {self.input_size}")
+        check_ranges(self, "")
+        if self.input_size % 32:
+            raise ConfigError(f"input_size must be a multiple of 32 (the trunk's largest stride), got "
+                              f"{self.input_size}; use {max(64, round(self.input_size / 32) * 32)}")
         if self.trunk not in TRUNK_CHOICES:
             raise ConfigError(f"unknown trunk {self.trunk!r}; choose one of {list(TRUNK_CHOICES)}")
         if not self.data.tasks:
