@@ -30,6 +30,9 @@ def _cmd_add_task(args: argparse.Namespace) -> int:
     if report.hot_added:
         print(f"hot-loaded task {report.task!r} at {args.server} in {s['hot_add']:.1f} s "
               "(no restart; the other tasks kept serving)")
+    else:
+        print(f"not served yet: `polyhead serve --workdir {args.workdir}` rebuilds the repository with it, or "
+              f"`polyhead add-task ... --server HOST:PORT` trains and hot-loads into a running server")
     return 0
 
 
@@ -47,14 +50,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def repository_to_serve(workdir: Path, heads_layout: str) -> Path:
+    """``workdir``'s repository: built when missing, rebuilt when the workspace has changed since.
+
+    A rebuild keeps the options the repository was built with and prints what changed
+    (:func:`serving.triton.staleness.stale_reasons`).
+    """
+    from serving.triton.repository import build_repository, read_options
+    from serving.triton.staleness import stale_reasons
+
+    repo = workdir / "model_repository"
+    if not (repo / "build.json").is_file():
+        print(f"no repository at {repo}; building it ({heads_layout.replace('_', '-')} heads)")
+        return build_repository(workdir, heads_layout=heads_layout).path
+    reasons = stale_reasons(workdir, repo)
+    if reasons:
+        opts = read_options(repo)
+        print(f"{repo} no longer matches the workspace ({'; '.join(reasons)}); rebuilding it with the options "
+              f"it was built with ({opts.backend} backend, {opts.heads_layout.replace('_', '-')} heads)", flush=True)
+        build_repository(workdir, options=opts)
+    return repo
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.triton.embedded_server import EmbeddedTriton
-    from serving.triton.repository import build_repository
 
-    repo = Path(args.workdir) / "model_repository"
-    if not (repo / "build.json").is_file():
-        print(f"no repository at {repo}; building it ({args.heads_layout.replace('_', '-')} heads)")
-        repo = build_repository(Path(args.workdir), heads_layout=args.heads_layout).path
+    repo = repository_to_serve(Path(args.workdir), args.heads_layout)
     server = EmbeddedTriton(repo, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
                             host=args.host)
     server.start()

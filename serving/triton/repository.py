@@ -4,7 +4,7 @@ Layout::
 
     model_repository/
       versions.json              # {"trunk": {"1": "<variant>", ...}}  version -> variant
-      build.json                 # RepositoryOptions, input size, channels, tasks
+      build.json                 # RepositoryOptions, input size, channels, tasks, sources (sha256)
       trunk/config.pbtxt         # version_policy latest 1, or specific (set_live_trunk_version)
       trunk/<v>/model.onnx (+ model.py for the python backend)
       head_<task>/config.pbtxt, head_<task>/1/model.onnx (+ model.py)
@@ -93,6 +93,7 @@ def build_repository(
     tensorrt: bool = False,
     live_variant: str | None = None,
     heads_layout: str = "per_task",
+    options: mcfg.RepositoryOptions | None = None,
 ) -> RepositorySummary:
     """Build the whole repository from ``WORK/trunk`` and ``WORK/heads`` and swap it into place.
 
@@ -115,6 +116,7 @@ def build_repository(
         tensorrt: Add the TensorRT accelerator (onnxruntime backend only).
         live_variant: Pin this variant live (``version_policy specific``) instead of the latest.
         heads_layout: ``"per_task"`` or ``"shared"`` (see :class:`RepositoryOptions`).
+        options: All the options at once (e.g. :func:`read_options` of the previous build), instead of the above.
 
     Returns:
         The :class:`RepositorySummary`.
@@ -124,7 +126,7 @@ def build_repository(
         ContractError: Variants or heads that disagree on input size or channels.
         ConfigError: Invalid options.
     """
-    opts = mcfg.RepositoryOptions(
+    opts = options or mcfg.RepositoryOptions(
         backend=backend,
         max_batch_size=max_batch_size,
         dynamic_batching=dynamic_batching,
@@ -178,7 +180,8 @@ def build_repository(
             tmp / "versions.json", {TRUNK_MODEL: {str(v): n for v, n in versions.items()}}, **_JSON_FORMAT
         )
         tasks = tuple(h.task for h in heads)
-        _write_build(tmp, opts, input_size, channels, tasks)
+        sources = {"trunk": {t.name: t.sha256 for t in trunks}, "heads": {h.task: h.sha256 for h in heads}}
+        _write_build(tmp, opts, input_size, channels, tasks, sources)
         _swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,7 +248,8 @@ def add_task_to_repository(repo: Path, workdir: Path, task: str) -> RepositorySu
             heads[cfg.parameters["task"].string_value] = int(cfg.parameters["max_dets"].string_value)
     _write_fanout(repo, heads, input_size, opts)
     tasks = tuple(sorted(heads))
-    _write_build(repo, opts, input_size, channels, tasks)
+    sources = build.get("sources", {"trunk": {}, "heads": {}})
+    _write_build(repo, opts, input_size, channels, tasks, sources | {"heads": sources["heads"] | {task: head.sha256}})
     versions = {int(v): n for v, n in json.loads((repo / "versions.json").read_text())[TRUNK_MODEL].items()}
     return _summary(repo, versions, tasks, input_size, opts)
 
@@ -451,14 +455,11 @@ def _write_fanout(root: Path, heads: dict[str, int], input_size: int, opts: mcfg
     mcfg.write_config(cfg, root / FANOUT_MODEL / "config.pbtxt")
 
 
-def _write_build(
-    root: Path, opts: mcfg.RepositoryOptions, size: int, channels: dict[str, int], tasks: tuple[str, ...]
-) -> None:
-    atomic_write_json(
-        root / "build.json",
-        {"options": dataclasses.asdict(opts), "input_size": size, "channels": channels, "tasks": list(tasks)},
-        **_JSON_FORMAT,
-    )
+def _write_build(root: Path, opts: mcfg.RepositoryOptions, size: int, channels: dict[str, int],
+                 tasks: tuple[str, ...], sources: dict[str, dict[str, str]]) -> None:
+    """``build.json``: options, contract, tasks, and the workspace files' sha256 (``sources``, for staleness)."""
+    build = {"options": dataclasses.asdict(opts), "input_size": size, "channels": channels, "tasks": list(tasks)}
+    atomic_write_json(root / "build.json", build | {"sources": sources}, **_JSON_FORMAT)
 
 
 def _read_build(repo: Path) -> dict:

@@ -284,6 +284,7 @@ def test_cli_add_task_prints_map_per_variant(env, capsys):
                      "--val-json", str(val), "--images", str(images), "--epochs", "1", "--views", "1"])
     out = capsys.readouterr().out
     assert code == 0 and "reference" in out and "narrow" in out and "mAP" in out
+    assert f"not served yet: `polyhead serve --workdir {work}` rebuilds the repository with it" in out
     assert cli_main(["add-task", "--workdir", str(work), "--name", "shapes", "--train-json", str(train),
                      "--val-json", str(val), "--images", str(images)]) == 2
     assert "already exists" in capsys.readouterr().err
