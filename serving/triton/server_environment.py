@@ -23,7 +23,7 @@ from pathlib import Path
 
 from shared.errors import ServingError
 
-_INSTALL_HINT = "install nvidia-pytriton==0.7.0: pip install -e .[cpu]"
+_INSTALL_HINT = "install nvidia-pytriton==0.7.0: pip install -e '.[serve]'"
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 
 
