@@ -25,7 +25,7 @@ def test_environment_builds_backend_dir_with_stub_and_library_paths(tmp_path):
 
 
 def test_missing_binary_raises_clear_error(tmp_path):
-    with pytest.raises(ServingError, match=r"tritonserver binary not found.*pip install -e \.\[cpu\]"):
+    with pytest.raises(ServingError, match=r"tritonserver binary not found.*pip install -e '\.\[serve\]'"):
         triton_environment(root=tmp_path / "pytriton", cache_root=tmp_path)
 
 

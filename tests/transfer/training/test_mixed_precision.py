@@ -104,5 +104,5 @@ def test_a_pretrained_backbone_trains_at_its_own_learning_rate_scale() -> None:
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_backbone_lr_scale_out_of_range_names_the_key(value: float) -> None:
-    with pytest.raises(ConfigError, match=r"train.backbone_lr_scale must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"train.backbone_lr_scale = .* is out of range: allowed \[0, 1\]"):
         TrainConfig(backbone_lr_scale=value)
