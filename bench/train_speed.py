@@ -38,8 +38,7 @@ def epoch_seconds(data: Path, size: int, trunk: str, batch_size: int, device: st
     ckpt = work / f"{trunk}-{size}.pt"
     ckpt.unlink(missing_ok=True)
     train(cfg, data, ckpt, resume=False, progress=False, device=device)  # warm-up epoch, saves the checkpoint
-    cfg = PolyheadConfig(input_size=size, trunk=trunk, data=cfg.data, train=TrainConfig(
-        epochs=2, batch_size=batch_size, warmup_steps=5))
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2))  # the timed epoch resumes after the warm-up one
     return train(cfg, data, ckpt, resume=True, progress=False, device=device).seconds
 
 

@@ -28,7 +28,7 @@ from shared.blocks import InvertedResidual
 from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from transfer.data.datasets import ImageFolderDataset
-from transfer.training.devices import DevicePlan
+from transfer.training.devices import CPU_PLAN, DevicePlan, scaled_step
 from transfer.training.distillation import FeatureDistiller, response_distillation
 from transfer.training.schedule import warmup_cosine_lr
 
@@ -138,7 +138,7 @@ def trunk_features(
     ``plan``: where to compute them (fp32 even on CUDA: they are a distillation target); the trunk
     comes back on the CPU.
     """
-    device = plan.device if plan is not None else torch.device("cpu")
+    device = (plan or CPU_PLAN).device
     trunk.eval().to(device)
     parts = [{n: f.cpu() for n, f in trunk(images[i : i + batch_size].to(device)).items()}
              for i in range(0, len(images), batch_size)]
@@ -174,7 +174,7 @@ def distill_finetune(
     """
     if settings.steps == 0:
         return []
-    plan = plan or DevicePlan(torch.device("cpu"))
+    plan = plan or CPU_PLAN
     distiller = FeatureDistiller.for_contract(student.feature_specs, student.feature_specs).to(plan.device)
     # channels-last: faster depthwise convs on CPU (see transfer/training/loop.py)
     student.to(plan.device, memory_format=torch.channels_last)
@@ -207,10 +207,7 @@ def distill_finetune(
                 loss = loss + settings.response_weight * sum(
                     response_distillation(head(feats), ref) for head, ref in zip(heads, reference_out)
                 )
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        scaled_step(scaler, opt, loss)
         losses.append(float(loss.detach()))
     student.to("cpu", memory_format=torch.contiguous_format).eval()
     for head in heads:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,29 @@ class DevicePlan:
     def move(self, obj: Any) -> Any:
         """``obj`` with every tensor (in nested lists, tuples and dicts) on :attr:`device`."""
         return map_tensors(obj, lambda t: t.to(self.device, non_blocking=self.is_cuda))
+
+
+#: The CPU in fp32: what training code uses when no plan is given.
+CPU_PLAN = DevicePlan(torch.device("cpu"))
+
+
+def scaled_step(
+    scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer, loss: torch.Tensor,
+    clip: Iterable[torch.nn.Parameter] | None = None, max_norm: float = 10.0,
+) -> None:
+    """One optimiser step from ``loss`` through ``scaler`` (:meth:`DevicePlan.grad_scaler`).
+
+    Zeroes the gradients, back-propagates the scaled loss, unscales and clips ``clip``'s gradients
+    to ``max_norm`` (when given), steps and updates the scale; with a disabled scaler this is a
+    plain ``backward`` / ``step``.
+    """
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(clip, max_norm)
+    scaler.step(opt)
+    scaler.update()
 
 
 def plan_device(name: str = "auto", local_rank: int = 0) -> DevicePlan:

@@ -34,7 +34,7 @@ from transfer.data.coco import CocoTask
 from transfer.data.datasets import MultiTaskDataset, Target, collate_multitask
 from transfer.evaluation.predict import iterate_split
 from transfer.export.onnx_graphs import session
-from transfer.training.devices import DevicePlan
+from transfer.training.devices import CPU_PLAN, DevicePlan, scaled_step
 from transfer.training.schedule import warmup_cosine_lr
 
 PARITY_TOLERANCE = 1e-3  # max |torch - onnx| feature difference, relative to the feature scale
@@ -336,7 +336,7 @@ def train_head_on_cache(
         Mean training loss of every epoch.
     """
     loss_fn = loss_fn if loss_fn is not None else DetectionLoss()
-    plan = plan or DevicePlan(torch.device("cpu"))
+    plan = plan or CPU_PLAN
     head.to(plan.device)
     scaler = plan.grad_scaler()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -355,12 +355,7 @@ def train_head_on_cache(
             feats, targets = plan.move(cache.batch(order[i * batch : (i + 1) * batch]))
             with plan.autocast():
                 loss = loss_fn(head(feats), targets)["total"]
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
-            scaler.step(opt)
-            scaler.update()
+            scaled_step(scaler, opt, loss, clip=head.parameters())
             running += loss.item()
         history.append(running / steps)
         bar.set_postfix(loss=f"{history[-1]:.3f}")
