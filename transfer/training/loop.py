@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from heads.head import HeadOutput
 from heads.loss import DetectionLoss
+from shared.artifacts import atomic_write_json
 from shared.backbone import bn_scale_l1
 from shared.errors import ConfigError
 from shared.trunk import trunk_config
@@ -39,6 +40,12 @@ class TrainResult:
     epochs_run: int
     losses: dict[str, float] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)  # total loss of every step run (this rank's)
+
+
+def history_path(checkpoint: str | Path) -> Path:
+    """``<checkpoint stem>.history.json`` beside the checkpoint: the loss of every step of the last run."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.history.json")
 
 
 def load_tasks(cfg: PolyheadConfig, root: Path, split: str) -> dict[str, CocoTask]:
@@ -170,7 +177,8 @@ def train(
         tasks: The ``train`` splits already loaded (:func:`load_tasks`); ``None`` loads them.
 
     Returns:
-        The trained model (on the CPU), the checkpoint path, time, and the losses.
+        The trained model (on the CPU), the checkpoint path, time, and the losses. Rank 0 also
+        writes every step's loss to :func:`history_path` (``{"start_epoch", "steps_per_epoch", "loss"}``).
 
     Raises:
         ConfigError: If ``train.batch_size`` is not a multiple of the number of ranks.
@@ -225,5 +233,8 @@ def train(
         if ctx.is_main:  # CPU tensors: the checkpoint loads on any machine
             save_checkpoint(checkpoint, cpu_module(model), {"epoch": epoch + 1, "optimizer": to_cpu(opt.state_dict())})
     _place((model, distiller, teacher), torch.device("cpu"), torch.contiguous_format)
+    if ctx.is_main:  # the loss curve `polyhead report` draws (a resumed run records its own steps)
+        atomic_write_json(history_path(checkpoint), {"start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,
+                                                     "loss": history})
     ctx.barrier()  # every rank has finished its steps (rank 0: and its last checkpoint)
     return TrainResult(model, checkpoint, time.time() - t0, cfg.train.epochs - start_epoch, last, history)
