@@ -1,13 +1,22 @@
-"""`polyhead bench serving`: all N tasks per image through the shared trunk vs N independent detectors.
+"""`polyhead bench serving`: all N tasks per image through the shared trunk vs two baselines of N detectors.
 
-Both sides run on the same embedded Triton build, python backend, same ONNX weights:
+Every side runs on the same embedded Triton build, python backend, same ONNX weights:
 
 - shared: the fan-out ensemble ``detect`` (one trunk pass feeding N heads) in the heads layout
   ``heads_layout`` (default ``"in_trunk"``: the trunk model hosts every head, one backend process);
   every other layout (``"shared"``: one ``heads`` model, two processes; ``"per_task"``: one
   ``head_<task>`` process per task) is measured beside it, all under ``layouts``;
 - independent: N models ``full_<i>``, each one ONNX graph trunk+head (its own trunk), all N
-  requested concurrently for every image (the best case for independent detectors: no ensemble).
+  requested concurrently for every image (the best case for independent detectors: no ensemble);
+  N backend processes, so part of the shared side's gain over them is per-process overhead;
+- inprocess: the same N merged detectors in ONE backend process with the in_trunk layout's
+  threads, request workers and batcher (:func:`serving.bench.baselines.inprocess_repository`): the
+  fair baseline, against which the shared side can gain only the N-1 trunk passes it saves, at
+  most the compute ceiling N(T+H)/(T+NH) (``ceiling_speedup``; ``fraction_of_ceiling`` is the
+  measured shared/inprocess ratio over it).
+
+Every side's server runs for the whole measurement of one N and their loads alternate in blocks
+(:func:`_measure_sides`), so the machine's load falls on every side alike.
 
 Throughput is each side's peak: it is measured at every client concurrency of ``concurrency`` and
 the best kept (``by_concurrency`` holds them all), since the sides peak at different loads (N
@@ -33,11 +42,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tritonclient import grpc as grpcclient
 
-from serving.bench.baselines import independent_repository, replicate_workspace
-from serving.bench.load_generator import ClosedLoopLoad, interleaved
+from serving.bench.baselines import (
+    independent_repository,
+    inprocess_repository,
+    ort_session,
+    replicate_workspace,
+    sharing_ceiling,
+    trunk_and_head_ms,
+)
+from serving.bench.load_generator import ClosedLoopLoad, interleaved, percentiles_ms
 from serving.triton import model_configs as mcfg
 from serving.triton.embedded_server import EmbeddedTriton, free_port
 from serving.triton.model_names import FANOUT_MODEL
@@ -50,6 +65,16 @@ from shared.workspace import Workspace
 TARGETS = {4: (3.0, 0.40), 8: (5.0, 0.30)}
 #: Issue target: Triton p50 at most this multiple of in-process onnxruntime p50.
 LATENCY_TARGET = 1.5
+#: What each baseline is, as the JSON and the tables say it.
+BASELINES = {
+    "independent": "N separate models full_<task> (trunk + head in one ONNX graph each), one python-backend "
+                   "process each, the per_task layout's threads",
+    "inprocess": "the same N merged detectors in ONE python-backend process, the in_trunk layout's threads, "
+                 "request workers and batcher (what a native-backend deployment would run)",
+    "ceiling": "N(T+H)/(T+NH): T, H the trunk's and one head's one-thread compute per image, in process",
+}
+#: Issue target: shared / in-process images/s at least this fraction of the sharing ceiling, every N.
+CEILING_TARGET = 0.9
 
 
 def _input(image: np.ndarray) -> grpcclient.InferInput:
@@ -58,15 +83,14 @@ def _input(image: np.ndarray) -> grpcclient.InferInput:
     return inp
 
 
-def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int, seconds: float) -> dict:
-    """Images/s when every image needs one request to each of ``models`` (sent concurrently).
+def _load_block(url: str, models: list[str], image: np.ndarray, concurrency: int, seconds: float) -> dict:
+    """One block of load: ``concurrency`` closed-loop clients for ``seconds``, each image one request per model.
 
-    A :class:`ClosedLoopLoad` of ``concurrency`` clients for ``seconds`` (after one warm-up request
-    per model), each request one image: one gRPC ``infer`` per model through a shared pool, all in
-    flight together, done when every one returned.
+    Every image needs one request to each of ``models``, sent concurrently through a shared pool,
+    all in flight together, done when every one returned (one warm-up image first).
 
     Returns:
-        ``{"img_per_s", "p50_ms", "p95_ms", "errors"}`` (latencies of the successful images).
+        ``{"ok", "failed", "elapsed_s", "latencies_s"}`` (latencies of the successful images).
     """
     pool = ThreadPoolExecutor(max_workers=concurrency * len(models))
 
@@ -86,16 +110,15 @@ def _throughput(url: str, models: list[str], image: np.ndarray, concurrency: int
     with ClosedLoopLoad(client, concurrency) as load:
         time.sleep(seconds)
     pool.shutdown()
-    return {"img_per_s": load.ok_per_s(), **load.percentiles_ms((50, 95)), "errors": load.failed}
+    return {"ok": load.ok, "failed": load.failed, "elapsed_s": load.elapsed_s, "latencies_s": load.latencies_s()}
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    """An onnxruntime session with the python backend's options (see ``serving/triton/backend/model.py``)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _summary(blocks: list[dict]) -> dict:
+    """One concurrency's blocks together: ``{"img_per_s", "p50_ms", "p95_ms", "errors", "blocks"}``."""
+    latencies = [x for b in blocks for x in b["latencies_s"]]
+    return {"img_per_s": sum(b["ok"] for b in blocks) / max(sum(b["elapsed_s"] for b in blocks), 1e-9),
+            **percentiles_ms(latencies, (50, 95)), "errors": sum(b["failed"] for b in blocks),
+            "blocks": len(blocks)}
 
 
 def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, layout: str) -> Callable[[], None]:
@@ -106,14 +129,14 @@ def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray
     ``request_workers`` chunks run side by side as its backend does for one request.
     """
     opts = mcfg.RepositoryOptions(heads_layout=layout)
-    trunk = _session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
-    heads = [_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
+    trunk = ort_session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
+    heads = [ort_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
     names = [i.name for i in heads[0].get_inputs()]  # p3, p4, p5
     ways = opts.request_workers if layout == "in_trunk" else 1
     chunks = [heads[i::ways] for i in range(ways) if heads[i::ways]]
     pool = ThreadPoolExecutor(len(chunks)) if len(chunks) > 1 else None
 
-    def run(chunk: list[ort.InferenceSession], feeds: dict[str, np.ndarray]) -> None:
+    def run(chunk: list, feeds: dict[str, np.ndarray]) -> None:
         for head in chunk:
             head.run(None, feeds)
 
@@ -143,26 +166,45 @@ def _serve(repo: Path) -> EmbeddedTriton:
     return EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
 
 
-def _measure(repo: Path, models: list[str], image: np.ndarray, concurrency: int | list[int], seconds: float,
-             latency_s: float = 0.0, reference: Callable[[], None] | None = None) -> dict:
-    """Peak throughput over ``concurrency`` and memory of ``repo``, then latency if ``latency_s``.
+def _measure_sides(sides: dict[str, tuple[Path, list[str]]], image: np.ndarray, concurrency: int | list[int],
+                   seconds: float, blocks: int = 3, latency_side: str | None = None, latency_s: float = 0.0,
+                   reference: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Peak throughput and memory of every side, their loads interleaved in blocks.
+
+    Every side's server runs for the whole measurement (idle while another is loaded). Each of
+    ``blocks`` rounds loads every side at every concurrency for ``seconds / blocks`` (the side
+    order rotating between rounds), so load on the machine falls on every side alike; a
+    concurrency's figures are over all its blocks.
+
+    Args:
+        sides: Name -> (repository, models one image needs a request to).
+        latency_side: Side whose ``detect`` latency is measured against ``reference`` after the loads.
 
     Returns:
-        The figures at the concurrency with the most images/s (``concurrency`` says which), the
-        per-concurrency ones under ``by_concurrency``, memory after the last load, and with
-        ``latency_s`` ``latency`` / ``ort_latency``: :func:`_latency` of ``detect`` vs ``reference``.
+        Name -> the figures at the concurrency with the most images/s (``concurrency`` says which),
+        the per-concurrency ones under ``by_concurrency``, memory after the loads, and on
+        ``latency_side`` ``latency`` / ``ort_latency`` (:func:`_latency`).
     """
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
-    with _serve(repo) as server:
-        runs = {c: _throughput(server.url, models, image, c, seconds) for c in levels}
-        best = max(levels, key=lambda c: runs[c]["img_per_s"])
-        result = {**runs[best], "concurrency": best, "errors": sum(r["errors"] for r in runs.values()),
-                  "by_concurrency": {str(c): r for c, r in runs.items()}}
-        result.update(group_memory_mib(server.pid))
-        if latency_s > 0:
-            both = _latency(server.url, image, reference, latency_s)
-            result["latency"], result["ort_latency"] = both["triton"], both["ort"]
-    return result
+    names = list(sides)
+    raw: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in levels} for n in names}
+    results = {}
+    with contextlib.ExitStack() as stack:
+        servers = {n: stack.enter_context(_serve(repo)) for n, (repo, _) in sides.items()}
+        for b in range(blocks):
+            for name in names[b % len(names):] + names[: b % len(names)]:
+                for c in levels:
+                    raw[name][c].append(_load_block(servers[name].url, sides[name][1], image, c, seconds / blocks))
+        for name in names:
+            runs = {c: _summary(raw[name][c]) for c in levels}
+            best = max(levels, key=lambda c: runs[c]["img_per_s"])
+            results[name] = {**runs[best], "concurrency": best, "errors": sum(r["errors"] for r in runs.values()),
+                             "by_concurrency": {str(c): r for c, r in runs.items()},
+                             **group_memory_mib(servers[name].pid)}
+        if latency_side is not None and latency_s > 0:
+            both = _latency(servers[latency_side].url, image, reference, latency_s)
+            results[latency_side]["latency"], results[latency_side]["ort_latency"] = both["triton"], both["ort"]
+    return results
 
 
 def _versus(side: dict, independent: dict) -> dict:
@@ -172,20 +214,35 @@ def _versus(side: dict, independent: dict) -> dict:
             "pss_fraction": side["pss_mib"] / max(independent["pss_mib"], 1e-9)}
 
 
-def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict) -> dict:
-    """One result row: the issue's flat keys (the ``chosen`` layout), then every side in full."""
+def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inprocess: dict,
+         cost: dict[str, float]) -> dict:
+    """One result row: the issue's flat keys (the ``chosen`` layout), then every side in full.
+
+    ``speedup`` is against the N separate models, ``speedup_vs_inprocess`` against the N detectors
+    in one process; ``fraction_of_ceiling`` is the latter over the compute ceiling of ``cost``'s T and H.
+    """
     shared = layouts[chosen]
     triton_lat, ort_lat = shared.pop("latency"), shared.pop("ort_latency")
     versus = _versus(shared, independent)
+    ceiling = sharing_ceiling(n, cost["trunk_ms"], cost["head_ms"])
+    vs_inprocess = shared["img_per_s"] / max(inprocess["img_per_s"], 1e-9)
     return {
         "tasks": n,
         "shared_images_per_s": shared["img_per_s"],
         "independent_images_per_s": independent["img_per_s"],
+        "inprocess_images_per_s": inprocess["img_per_s"],
         "speedup": versus["speedup"],
+        "speedup_vs_inprocess": vs_inprocess,
+        "ceiling_speedup": ceiling,
+        "fraction_of_ceiling": vs_inprocess / ceiling,
+        "trunk_ms": cost["trunk_ms"],
+        "head_ms": cost["head_ms"],
         "shared_rss_mb": shared["rss_mib"],
         "independent_rss_mb": independent["rss_mib"],
+        "inprocess_rss_mb": inprocess["rss_mib"],
         "shared_pss_mb": shared["pss_mib"],
         "independent_pss_mb": independent["pss_mib"],
+        "inprocess_pss_mb": inprocess["pss_mib"],
         "rss_fraction": versus["rss_fraction"],
         "pss_fraction": versus["pss_fraction"],
         "memory_ratio": independent["pss_mib"] / max(shared["pss_mib"], 1e-9),
@@ -193,10 +250,13 @@ def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict) -> di
         "shared_p95_ms": shared["p95_ms"],
         "independent_p50_ms": independent["p50_ms"],
         "independent_p95_ms": independent["p95_ms"],
+        "inprocess_p50_ms": inprocess["p50_ms"],
+        "inprocess_p95_ms": inprocess["p95_ms"],
         "triton_p50_ms": triton_lat["p50_ms"],
         "ort_p50_ms": ort_lat["p50_ms"],
         "shared": shared,
         "independent": independent,
+        "inprocess": inprocess,
         "layouts": {name: _versus(side, independent) for name, side in layouts.items()},
     }
 
@@ -209,12 +269,12 @@ def _batching_gain(
     with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
         ws_dir = Path(tmp) / "ws"
         replicate_workspace(src, ws_dir, n, variant)
-        sides = {}
-        for on in (False, True):
-            repo = build_repository(ws_dir, Path(tmp) / f"repo-{on}", dynamic_batching=on, heads_layout=heads_layout)
-            sides[on] = _measure(repo.path, [FANOUT_MODEL], image, concurrency, seconds)
+        repos = {on: build_repository(ws_dir, Path(tmp) / on, dynamic_batching=on == "on", heads_layout=heads_layout)
+                 for on in ("off", "on")}
+        sides = _measure_sides({on: (repo.path, [FANOUT_MODEL]) for on, repo in repos.items()}, image,
+                               concurrency, seconds)
     # in_trunk's trunk batches with delay 0 even when off: "on" is the 100 us delay
-    off, on = sides[False], sides[True]
+    off, on = sides["off"], sides["on"]
     return {"tasks": n, "concurrency": concurrency,
             "off_images_per_s": off["img_per_s"], "on_images_per_s": on["img_per_s"],
             "off_p50_ms": off["p50_ms"], "on_p50_ms": on["p50_ms"],
@@ -224,13 +284,19 @@ def _batching_gain(
 def _targets(rows: list[dict], latency: dict) -> list[dict]:
     """The issue's targets against the measured values (memory: RSS fraction, PSS beside it).
 
-    ``met`` judges the chosen layout; ``layouts_met`` every layout measured.
+    The speed-up and memory targets are against the N separate models (``baseline``), judged on
+    the chosen layout (``met``) and every layout (``layouts_met``); the ceiling target against the N
+    detectors in one process.
     """
     out = []
     for row in rows:
+        out.append({"tasks": row["tasks"], "fraction_of_ceiling": row["fraction_of_ceiling"],
+                    "ceiling_target": CEILING_TARGET, "baseline": "inprocess",
+                    "met": row["fraction_of_ceiling"] >= CEILING_TARGET})
         if row["tasks"] in TARGETS:
             speed, mem = TARGETS[row["tasks"]]
-            out.append({"tasks": row["tasks"], "speedup": row["speedup"], "speedup_target": speed,
+            out.append({"tasks": row["tasks"], "baseline": "independent", "speedup": row["speedup"],
+                        "speedup_target": speed,
                         "rss_fraction": row["rss_fraction"], "pss_fraction": row["pss_fraction"],
                         "memory_target": mem,
                         "met": row["speedup"] >= speed and row["rss_fraction"] <= mem,
@@ -245,8 +311,15 @@ def run_serving_bench(
     workdir: str | Path, tasks: list[int], variant: str = "reference", concurrency: int | list[int] = (2, 4, 8),
     seconds: float = 10.0,
     progress: Callable[[dict], None] | None = None, batching_concurrency: int = 8, heads_layout: str = "in_trunk",
+    blocks: int = 3,
 ) -> dict:
-    """Side-by-side throughput, latency and memory for each N in ``tasks``.
+    """Side-by-side throughput, latency and memory for each N in ``tasks``, against two baselines.
+
+    Per N, every side runs at once and their loads alternate in ``blocks`` rounds
+    (:func:`_measure_sides`): the shared trunk in every heads layout, the N separate models
+    (``independent``) and the N detectors in one process (``inprocess``). The sharing ceiling
+    N(T+H)/(T+NH) comes from the trunk's and one head's one-thread compute, measured in process
+    once, interleaved.
 
     Args:
         workdir: Workspace with the trunk ``variant`` and at least one head (copied to N heads).
@@ -254,36 +327,42 @@ def run_serving_bench(
         variant: Trunk variant to serve.
         concurrency: Concurrent clients (each sends one image's requests at a time); a list: every
             side is measured at each and keeps its peak.
-        seconds: Measurement time per side, concurrency and N (the interleaved latencies get half of it, >= 2 s).
+        seconds: Measurement time per side, concurrency and N, split over ``blocks`` (the
+            interleaved latencies get half of it, >= 2 s).
         progress: Called with each row when it is done.
         batching_concurrency: Clients for the dynamic batching comparison (0 skips it).
         heads_layout: Heads layout of the shared side (one of ``HEADS_LAYOUTS``); every layout is
             measured (``rows[i]["layouts"]``).
+        blocks: Rounds the sides' loads alternate in.
 
     Returns:
-        ``{"rows": [{"tasks": N, "shared_images_per_s": ..., ...}], "triton_p50_ms": ...,
-        "ort_p50_ms": ..., "latency": {...}, "dynamic_batching": {...}, "targets": [...], ...}``;
-        top-level latencies are from the row whose N is closest to the workspace's task count.
+        ``{"rows": [{"tasks": N, "shared_images_per_s": ..., "inprocess_images_per_s": ...,
+        "ceiling_speedup": ..., "fraction_of_ceiling": ..., ...}], "cost": {"trunk_ms", "head_ms"},
+        "latency": {...}, "dynamic_batching": {...}, "targets": [...], ...}``; top-level latencies
+        are from the row whose N is closest to the workspace's task count.
     """
     src = Workspace.at(workdir)
     size = int(read_json(src.variant(variant) / "variant.json")["input_size"])
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
     latency_s = max(2.0, seconds / 2)  # Triton and in-process calls, interleaved
+    cost = trunk_and_head_ms(src, src.tasks()[0], variant, image, max(2.0, seconds / 2))
     rows = []
     for n in tasks:
         with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
             ws_dir = Path(tmp) / "ws"
             names = replicate_workspace(src, ws_dir, n, variant)
-            reference = _ort_fanout(Workspace.at(ws_dir), names, variant, image, heads_layout)
-            layouts = {}
-            for layout in (heads_layout, *(x for x in mcfg.HEADS_LAYOUTS if x != heads_layout)):
-                repo = build_repository(ws_dir, Path(tmp) / layout, heads_layout=layout)
-                layouts[layout] = _measure(repo.path, [FANOUT_MODEL], image, concurrency, seconds,
-                                           latency_s if layout == heads_layout else 0.0, reference)
-            ind_repo = Path(tmp) / "independent"
-            models = independent_repository(Workspace.at(ws_dir), ind_repo, names, variant)
-            independent = _measure(ind_repo, models, image, concurrency, seconds)
-        rows.append(_row(n, layouts, heads_layout, independent))
+            ws = Workspace.at(ws_dir)
+            reference = _ort_fanout(ws, names, variant, image, heads_layout)
+            order = (heads_layout, *(x for x in mcfg.HEADS_LAYOUTS if x != heads_layout))
+            sides = {layout: (build_repository(ws_dir, Path(tmp) / layout, heads_layout=layout).path, [FANOUT_MODEL])
+                     for layout in order}
+            sides["independent"] = (Path(tmp) / "independent",
+                                    independent_repository(ws, Path(tmp) / "independent", names, variant))
+            sides["inprocess"] = (Path(tmp) / "inprocess",
+                                  [inprocess_repository(ws, Path(tmp) / "inprocess", names, variant)])
+            measured = _measure_sides(sides, image, concurrency, seconds, blocks, heads_layout, latency_s, reference)
+        layouts = {layout: measured[layout] for layout in order}
+        rows.append(_row(n, layouts, heads_layout, measured["independent"], measured["inprocess"], cost))
         if progress:
             progress(rows[-1])
     own = len(src.tasks())
@@ -293,12 +372,13 @@ def run_serving_bench(
                "compared": "one image, trunk + every head of the fan-out: one gRPC `detect` request vs "
                            "in-process onnxruntime sessions of the same ONNX files, same thread settings"}
     result = {"rows": rows, "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
-              "latency": latency, "variant": variant,
+              "latency": latency, "variant": variant, "cost": cost,
               "concurrency": [concurrency] if isinstance(concurrency, int) else list(concurrency),
-              "seconds": seconds,
+              "seconds": seconds, "blocks": blocks,
               "heads_layout": heads_layout,
+              "baselines": BASELINES,
               "trunk_sha256": sha256_file(src.variant(variant) / "model.onnx"), "workspace_tasks": own,
-              "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
+              "cpus": os.cpu_count(), "cpu": cpu_model(), "load_average_at_end": os.getloadavg()}
     if batching_concurrency > 0:
         result["dynamic_batching"] = _batching_gain(src, variant, image, batching_concurrency, seconds, heads_layout)
         result["dynamic_batching_gain"] = result["dynamic_batching"]["gain"]
@@ -306,44 +386,17 @@ def run_serving_bench(
     return result
 
 
-def format_table(result: dict) -> str:
-    """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
-    others = [x for x in mcfg.HEADS_LAYOUTS if x != result["heads_layout"]]
-    lines = ["| N tasks | shared img/s (clients) | independent img/s (clients) | speed-up | shared p50 / p95 ms "
-             "| independent p95 ms | RSS shared / independent MiB | PSS shared / independent MiB | Triton / ort p50 ms "
-             + "".join(f"| {x} img/s, RSS / PSS MiB " for x in others) + "| errors |",
-             "|---" * (10 + len(others)) + "|"]
-    for r in result["rows"]:
-        errors = r["independent"]["errors"] + sum(side["errors"] for side in r["layouts"].values())
-        alt = "".join(f"{r['layouts'][x]['img_per_s']:.1f}, {r['layouts'][x]['rss_mib']:.0f} / "
-                      f"{r['layouts'][x]['pss_mib']:.0f} | " for x in others)
-        lines.append(
-            f"| {r['tasks']} | {r['shared_images_per_s']:.1f} ({r['shared']['concurrency']}) | "
-            f"{r['independent_images_per_s']:.1f} ({r['independent']['concurrency']}) | "
-            f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
-            f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "
-            f"({r['rss_fraction']:.0%}) | {r['shared_pss_mb']:.0f} / {r['independent_pss_mb']:.0f} "
-            f"({r['pss_fraction']:.0%}) | {r['triton_p50_ms']:.2f} / {r['ort_p50_ms']:.2f} | {alt}{errors} |")
-    lat = result["latency"]
-    lines += ["", f"Shared side: heads layout `{result['heads_layout']}`; beside it: {', '.join(others)}.",
-              f"Latency, N={lat['tasks']}: Triton `detect` p50 {lat['triton_p50_ms']:.2f} ms vs in-process "
-              f"onnxruntime p50 {lat['ort_p50_ms']:.2f} ms = {lat['ratio']:.2f}x"]
-    if "dynamic_batching" in result:
-        b = result["dynamic_batching"]
-        lines.append(f"Dynamic batching, `detect`, N={b['tasks']}, concurrency {b['concurrency']}: "
-                     f"off {b['off_images_per_s']:.1f} img/s, on {b['on_images_per_s']:.1f} img/s = "
-                     f"{b['gain']:.2f}x")
-    for t in result["targets"]:
-        verdict = "met" if t["met"] else "MISSED"
-        if "tasks" in t:
-            beside = ", ".join(f"{x} {'met' if ok else 'missed'}" for x, ok in t["layouts_met"].items() if x in others)
-            lines.append(f"Target N={t['tasks']}: >= {t['speedup_target']:.0f}x img/s and <= "
-                         f"{t['memory_target']:.0%} memory; got {t['speedup']:.2f}x, RSS {t['rss_fraction']:.0%} "
-                         f"(PSS {t['pss_fraction']:.0%}): {verdict} ({beside})")
-        else:
-            lines.append(f"Target Triton p50 <= {t['latency_target']}x onnxruntime; got "
-                         f"{t['latency_ratio']:.2f}x: {verdict}")
-    return "\n".join(lines)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def write_json(result: dict, path: str | Path) -> None:

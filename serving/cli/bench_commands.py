@@ -16,19 +16,22 @@ from serving.cli.options import Subparsers, add_heads_layout, add_workdir
 
 
 def _cmd_bench_serving(args: argparse.Namespace) -> int:
-    from serving.bench.serving_bench import format_table, run_serving_bench, write_json
+    from serving.bench.serving_bench import run_serving_bench, write_json
+    from serving.bench.serving_table import format_table
 
     tasks = [int(x) for x in args.tasks.split(",")]
 
     def progress(row: dict) -> None:
-        print(f"  N={row['tasks']}: {row['shared_images_per_s']:.1f} vs {row['independent_images_per_s']:.1f} img/s "
-              f"({row['speedup']:.2f}x), RSS {row['shared_rss_mb']:.0f} vs {row['independent_rss_mb']:.0f} MiB",
-              flush=True)
+        print(f"  N={row['tasks']}: shared {row['shared_images_per_s']:.1f} img/s, in one process "
+              f"{row['inprocess_images_per_s']:.1f} ({row['speedup_vs_inprocess']:.2f}x of a "
+              f"{row['ceiling_speedup']:.2f}x ceiling: {row['fraction_of_ceiling']:.0%}), N models "
+              f"{row['independent_images_per_s']:.1f} ({row['speedup']:.2f}x); RSS {row['shared_rss_mb']:.0f} / "
+              f"{row['inprocess_rss_mb']:.0f} / {row['independent_rss_mb']:.0f} MiB", flush=True)
 
     concurrency = [int(x) for x in args.concurrency.split(",")]
     result = run_serving_bench(args.workdir, tasks, args.variant, concurrency, args.seconds,
                                progress=progress, batching_concurrency=args.batching_concurrency,
-                               heads_layout=args.heads_layout)
+                               heads_layout=args.heads_layout, blocks=args.blocks)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -82,11 +85,14 @@ def _cmd_bench_controller(args: argparse.Namespace) -> int:
 def _add_serving(bench: Subparsers) -> None:
     bs = bench.add_parser("serving", help="shared trunk vs independent detectors on the embedded Triton")
     add_workdir(bs)
-    bs.add_argument("--tasks", default="1,2,4,8", help="comma-separated task counts (default: %(default)s)")
+    bs.add_argument("--tasks", default="1,4,8,16,32", help="comma-separated task counts (default: %(default)s)")
     bs.add_argument("--variant", default="reference")
     bs.add_argument("--concurrency", default="2,4,8",
                     help="comma-separated client counts; each side keeps its peak images/s (default: %(default)s)")
-    bs.add_argument("--seconds", type=float, default=10.0, help="measurement time per side and N")
+    bs.add_argument("--seconds", type=float, default=10.0,
+                    help="measurement time per side, concurrency and N (default %(default)s)")
+    bs.add_argument("--blocks", type=int, default=3,
+                    help="rounds the sides' loads alternate in, each seconds/blocks long (default %(default)s)")
     bs.add_argument("--batching-concurrency", type=int, default=8,
                     help="clients for the dynamic batching on/off comparison; 0 skips it (default: %(default)s)")
     add_heads_layout(bs, "in_trunk", "heads layout of the shared side; the others are measured beside it "
