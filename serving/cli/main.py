@@ -18,7 +18,9 @@ from serving.cli import (
     compress_commands,
     data_commands,
     demo_command,
+    measure_command,
     monitor_commands,
+    predict_command,
     serving_commands,
     training_commands,
 )
@@ -33,7 +35,9 @@ COMMAND_GROUPS = (
     training_commands.register,  # train, eval
     bench_commands.register,  # bench serving | compress | controller
     serving_commands.register,  # add-task, export, serve, infer
+    predict_command.register,  # predict
     compress_commands.register,  # compress
+    measure_command.register,  # measure
     monitor_commands.register,  # monitor, optimize
 )
 

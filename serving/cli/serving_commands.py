@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from serving.cli.options import Subparsers, add_device, add_heads_layout, add_workdir, default_layout
@@ -87,24 +86,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from serving.client import Detector
-    from transfer.data.datasets import read_rgb
+    from serving.cli.predict_command import infer_one
 
-    image = read_rgb(Path(args.image))
-    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-    with Detector(args.server, timeout_s=args.timeout) as det:
-        [result] = det.detect(image, tasks)
-    out = {}
-    for task, dets in sorted(result.detections.items()):
-        print(f"{task}: {len(dets)} detection(s)")
-        for d in dets:
-            x1, y1, x2, y2 = d.box
-            print(f"  {d.class_name:16s} {d.score:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
-        out[task] = [{"class": d.class_name, "class_id": d.class_id, "score": d.score, "box": list(d.box)}
-                     for d in dets]
-    if args.json:
-        Path(args.json).write_text(json.dumps({"image": str(args.image), "detections": out}, indent=2) + "\n")
-    return 0
+    return infer_one(args)  # `polyhead predict` for one image, printing every detection
 
 
 def register(sub: Subparsers) -> None:
@@ -154,7 +138,7 @@ def register(sub: Subparsers) -> None:
     add_heads_layout(s, "in_trunk", "layout when the repository must be built first (see `polyhead export`)")
     s.set_defaults(func=_cmd_serve)
 
-    i = sub.add_parser("infer", help="detect objects in one image through a running server")
+    i = sub.add_parser("infer", help="detect objects in one image, printed as text (see `polyhead predict`)")
     i.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT of Triton's gRPC endpoint")
     i.add_argument("--image", required=True, help="image file")
     i.add_argument("--tasks", help="comma-separated tasks (default: every served task, one fan-out call)")
