@@ -16,6 +16,9 @@ With ``heads_layout="in_trunk"`` the ``trunk`` model itself also hosts every hea
 mapping their tasks' outputs, and the server runs one backend process in all. Its dynamic batcher
 (always on, delay 0 unless set) hands the backend every queued request at once, and the backend
 runs them side by side on ``request_workers`` threads (onnxruntime releases the GIL).
+
+Every python-backend leaf names the onnxruntime execution providers it asks for
+(:mod:`serving.triton.execution_providers`: CPU, or with ``device="cuda"`` TensorRT, CUDA, CPU).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from serving.triton.execution_providers import DEVICES, providers_parameters
 from serving.triton.model_names import HEAD_OUTPUTS, SHARED_HEADS_MODEL, TRUNK_MODEL, head_model, head_output
 from serving.triton.workspace_artifacts import HeadArtifact
 from shared.artifacts import atomic_write_bytes
@@ -46,8 +50,8 @@ class RepositoryOptions:
     """How the repository is generated (recorded in ``build.json`` so hot-adds match).
 
     Attributes:
-        backend: ``"python"`` (one shared model.py running onnxruntime; the embedded CPU default)
-            or ``"onnxruntime"`` (native backend of the NGC image, GPU instances).
+        backend: ``"python"`` (one shared model.py running onnxruntime on ``device``; the
+            embedded default) or ``"onnxruntime"`` (native backend of the NGC image, GPU instances).
         max_batch_size: Largest batch every model accepts.
         dynamic_batching: Enable Triton's dynamic batcher on trunk and heads (pays on GPUs;
             measured slower on the 2-core CPU).
@@ -59,7 +63,8 @@ class RepositoryOptions:
             :data:`TRUNK_THREADS`: 2, or 1 in ``in_trunk`` where requests run side by side).
         head_threads: onnxruntime intra-op threads per head instance.
         tensorrt: onnxruntime backend only: add the TensorRT execution accelerator.
-        tensorrt_precision: ``"FP16"`` or ``"FP32"`` for the TensorRT accelerator.
+        tensorrt_precision: ``"FP16"`` or ``"FP32"`` for the TensorRT accelerator (onnxruntime
+            backend) or the TensorRT execution provider of fp32 graphs (python backend, ``cuda``).
         heads_layout: ``"per_task"`` (one ``head_<task>`` model per task: hot-adding loads only the
             new head) or ``"shared"`` (python backend only: one ``heads`` model hosting every head,
             one backend process whatever the number of tasks; hot-adding reloads ``heads``, never
@@ -67,6 +72,9 @@ class RepositoryOptions:
             head, one backend process in all; hot-adding reloads ``trunk``, whose old process
             serves until the new one is ready). See ``docs/benchmarks.md`` for what each costs.
         request_workers: ``in_trunk`` only: requests one trunk instance runs side by side.
+        device: python backend only: ``"cpu"`` (CPU instances, CPUExecutionProvider) or ``"cuda"``
+            (``KIND_AUTO`` instances, TensorRT then CUDA then CPU execution providers, see
+            :mod:`serving.triton.execution_providers`); the onnxruntime backend always uses the GPU.
     """
 
     backend: str = "python"
@@ -82,6 +90,7 @@ class RepositoryOptions:
     tensorrt_precision: str = "FP16"
     heads_layout: str = "per_task"
     request_workers: int = 2
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.heads_layout not in HEADS_LAYOUTS:
@@ -102,13 +111,16 @@ class RepositoryOptions:
             raise ConfigError("instance, thread and request-worker counts must be >= 1")
         if self.tensorrt and self.backend != "onnxruntime":
             raise ConfigError(
-                "tensorrt=True needs backend='onnxruntime' (the python backend runs CPU onnxruntime)"
+                "tensorrt=True needs backend='onnxruntime' (the native backend's accelerator); the python "
+                "backend asks for onnxruntime's TensorRT execution provider with device='cuda'"
             )
         if self.heads_layout != "per_task" and self.backend != "python":
             raise ConfigError(
                 f"heads_layout={self.heads_layout!r} needs backend='python' (the native onnxruntime backend "
                 "has no per-model process to share; keep one head_<task> model per task there)"
             )
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision must be FP16 or FP32, got {self.tensorrt_precision!r}")
 
@@ -142,8 +154,11 @@ def _leaf(name: str, opts: RepositoryOptions, instances: int, threads: int) -> m
     group.count = instances
     if opts.backend == "python":
         cfg.backend = "python"
-        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        # cuda: KIND_AUTO is KIND_GPU on every visible GPU, or KIND_CPU where there is none
+        group.kind = mc.ModelInstanceGroup.KIND_AUTO if opts.device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
         cfg.parameters["intra_op_num_threads"].string_value = str(threads)
+        for key, value in providers_parameters(opts.device, opts.tensorrt_precision).items():
+            cfg.parameters[key].string_value = value
     else:
         cfg.platform = "onnxruntime_onnx"
         group.kind = mc.ModelInstanceGroup.KIND_GPU
@@ -168,6 +183,7 @@ def trunk_config(
     sha256: dict[int, str] | None = None,
     heads: list[HeadArtifact] | None = None,
     heads_generation: int = 1,
+    precisions: dict[int, str] | None = None,
 ) -> mc.ModelConfig:
     """Config of ``trunk``: one version per admitted variant; ``live_version`` pins one (else latest).
 
@@ -182,6 +198,8 @@ def trunk_config(
         heads: ``in_trunk`` layout: the heads the trunk hosts (outputs ``<task>_<output>``, files
             in ``trunk/heads/<heads_generation>/``).
         heads_generation: ``in_trunk`` layout: the directory of the live head files.
+        precisions: Version number -> precision of its ``model.onnx`` (``fp32``, ``fp16``, ``int8``):
+            python backend on ``cuda``: the TensorRT options of that version's execution providers.
     """
     cfg = _leaf(TRUNK_MODEL, opts, opts.trunk_instances, opts.trunk_threads)
     _tensor(cfg.input, "images", mc.TYPE_UINT8, [3, input_size, input_size])
@@ -201,6 +219,9 @@ def trunk_config(
         cfg.version_policy.specific.versions.append(live_version)
     cfg.parameters["versions"].string_value = json.dumps({str(v): n for v, n in sorted(versions.items())})
     cfg.parameters["input_size"].string_value = str(input_size)
+    if opts.backend == "python" and precisions:
+        for key, value in providers_parameters(opts.device, opts.tensorrt_precision, precisions).items():
+            cfg.parameters[key].string_value = value
     if sha256:
         cfg.parameters["sha256_by_version"].string_value = json.dumps({str(v): s for v, s in sorted(sha256.items())})
     return cfg

@@ -162,11 +162,13 @@ def build_repository(
             verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
             _place_leaf(trunk.onnx, tmp / TRUNK_MODEL / str(version), opts)
         shas = {v: by_variant[n].sha256 for v, n in versions.items()}  # checked by the backend at load
+        precisions = {v: by_variant[n].meta.get("precision") or "fp32" for v, n in versions.items()}
         in_trunk = opts.heads_layout == "in_trunk"
         if in_trunk:
             _write_head_files(tmp / TRUNK_MODEL / mcfg.IN_TRUNK_HEADS_DIR / "1", heads, {})
         mcfg.write_config(
-            mcfg.trunk_config(input_size, channels, versions, opts, live, shas, heads if in_trunk else None),
+            mcfg.trunk_config(input_size, channels, versions, opts, live, shas, heads if in_trunk else None,
+                              precisions=precisions),
             tmp / TRUNK_MODEL / "config.pbtxt",
         )
         if opts.heads_layout == "shared":

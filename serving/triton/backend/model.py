@@ -1,10 +1,10 @@
 """The one Triton python-backend model polyhead uses for every leaf (trunk versions and heads).
 
 The repository builder copies this file next to the ONNX files in each version directory. It runs
-them with onnxruntime on CPU, maps inputs and outputs by name from the model config, computes only
-the outputs a request asks for, runs all requests of one ``execute`` call as one batch (grouped by
-per-item shape) and answers failures with a ``TritonError`` response instead of raising, so the
-stub process never dies on a bad request.
+them with onnxruntime on the execution providers the config asks for (see below), maps inputs and
+outputs by name from the model config, computes only the outputs a request asks for, runs all
+requests of one ``execute`` call as one batch (grouped by per-item shape) and answers failures with
+a ``TritonError`` response instead of raising, so the stub process never dies on a bad request.
 
 Three shapes of leaf:
 
@@ -24,6 +24,16 @@ as one batch: every trunk pass is one task, then the request's heads in that man
 ``{"<version>": sha256}``, the trunk's versions) or the per-task sha256 of ``heads``:
 ``initialize`` hashes each file it loads and refuses one that changed after the repository was
 built.
+
+Execution providers: ``execution_providers`` is a JSON list, in order of preference, of
+``{"name": "<onnxruntime provider>", "options": {"<key>": "<value>"}}`` (default: CPU only);
+``execution_providers_by_version`` (JSON ``{"<version>": [...]}``) overrides it for a trunk
+version's ``model.onnx``. ``initialize`` keeps the providers this onnxruntime offers
+(``ort.get_available_providers()``), always ends the list with the CPU, sets ``device_id`` of GPU
+providers to the instance's GPU (``KIND_GPU`` instances), and logs a warning naming what was asked,
+what is available and how to fix it when a provider is missing or when a session runs on another
+provider than the first asked (onnxruntime falls back by itself when, e.g., CUDA libraries are
+missing). An unknown provider name or a malformed list fails the load.
 """
 
 from __future__ import annotations
@@ -56,13 +66,14 @@ class TritonPythonModel:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         model, version = args["model_name"], str(args["model_version"])
+        providers = ExecutionProviders(self.name, params, version, _instance_gpu(args))
         # parts, in run order: (session, served output name -> graph output name); a part's inputs
         # are the request's inputs or the served outputs of the parts before it
         self.parts: list[tuple[ort.InferenceSession, dict[str, str]]] = []
         self.head_sessions: set[int] = set()  # id() of the sessions that run a head (served prefix "<task>_")
         for path, expected, prefix in _graph_files(version_dir, Path(args["model_repository"]), params, version):
             _verify_sha256(path, expected, model, version)
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = providers.session(path, options, trunk_file=not prefix)
             self.parts.append((session, {f"{prefix}{o.name}": o.name for o in session.get_outputs()}))
             if prefix:
                 self.head_sessions.add(id(session))
@@ -300,9 +311,7 @@ def _verify_sha256(path: Path, expected: str | None, model: str, version: str) -
     if not path.is_file():
         return  # onnxruntime's error names the missing file
     if expected is None:
-        logger = getattr(pb_utils, "Logger", None)
-        if logger is not None:
-            logger.log_warn(f"{model}:{version}: config records no sha256; {path} loads unverified")
+        _warn(f"{model}:{version}: config records no sha256; {path} loads unverified")
         return
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -320,6 +329,140 @@ def _verify_sha256(path: Path, expected: str | None, model: str, version: str) -
             f"rebuild the repository with `polyhead export` (it copies the workspace's verified file; "
             f"if that one is bad too, re-export the {what})"
         )
+
+
+#: Providers that run on a GPU: their ``device_id`` becomes the instance's GPU.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
+                 "MIGraphXExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+_GPU_FIX = ("install onnxruntime-gpu (with the CUDA, cuDNN and TensorRT libraries it needs, as in NVIDIA's "
+            "NGC images) in the Python that runs Triton's python backend, in place of onnxruntime; or export "
+            "the repository with `polyhead export --device cpu`")
+
+
+class ExecutionProviders:
+    """The onnxruntime providers of one model instance, from its config (see the module docstring).
+
+    Args:
+        label: ``<model>:<version>``, for messages.
+        params: The config's string parameters.
+        version: The version being loaded.
+        gpu: The instance's GPU (``KIND_GPU``), else ``None``: the config's ``device_id`` stays.
+
+    Raises:
+        pb_utils.TritonModelException: If a parameter is not a JSON list of providers or names a
+            provider this onnxruntime does not know.
+    """
+
+    def __init__(self, label: str, params: dict[str, str], version: str, gpu: str | None) -> None:
+        self.label = label
+        default = _parse_providers(params.get("execution_providers"), "execution_providers", label)
+        try:
+            by_version = json.loads(params.get("execution_providers_by_version") or "{}")
+        except json.JSONDecodeError as err:
+            raise pb_utils.TritonModelException(
+                f"{label}: parameter execution_providers_by_version is not JSON ({err}); rebuild the repository "
+                "with `polyhead export`") from None
+        if not isinstance(by_version, dict):
+            raise pb_utils.TritonModelException(
+                f"{label}: parameter execution_providers_by_version must map version -> provider list, got "
+                f"{type(by_version).__name__}; rebuild the repository with `polyhead export`")
+        trunk = _parse_providers(by_version.get(version), f"execution_providers_by_version[{version}]", label,
+                                 default)
+        available = ort.get_available_providers()
+        asked = list(dict.fromkeys(name for name, _ in default + trunk))
+        self.missing = [name for name in asked if name not in available]
+        self.lists = {False: _usable(default, available, gpu), True: _usable(trunk, available, gpu)}
+        self._warned: set[tuple[str, ...]] = set()
+        if self.missing:
+            running = [name for name, _ in self.lists[True]]
+            fix = _GPU_FIX if set(self.missing) & set(GPU_PROVIDERS) else "fix the config's execution_providers"
+            _warn(f"{label}: execution providers {self.missing} asked for by the config are not available in "
+                  f"onnxruntime {ort.__version__} (available: {available}); running on {running}. To fix it, {fix}")
+
+    def session(self, path: Path, options: ort.SessionOptions, trunk_file: bool) -> ort.InferenceSession:
+        """An onnxruntime session of ``path`` on the usable providers; warns if onnxruntime used others.
+
+        Args:
+            path: The ONNX file.
+            options: Session options.
+            trunk_file: ``path`` is the version's ``model.onnx`` (its providers may be per version).
+        """
+        providers = self.lists[trunk_file]
+        session = ort.InferenceSession(str(path), options, providers=[name for name, _ in providers],
+                                       provider_options=[opts for _, opts in providers])
+        got = tuple(session.get_providers())
+        if providers[0][0] not in got and got not in self._warned:
+            self._warned.add(got)
+            _warn(f"{self.label}: onnxruntime could not start {providers[0][0]} for {path.name} and runs it on "
+                  f"{list(got)} instead (asked: {[name for name, _ in providers]}); the server log above says "
+                  f"why. To fix it, check that the CUDA, cuDNN and TensorRT libraries onnxruntime "
+                  f"{ort.__version__} needs are installed and visible, or export with `polyhead export --device cpu`")
+        return session
+
+
+def _parse_providers(value: object, where: str, label: str,
+                     default: list[tuple[str, dict[str, str]]] | None = None) -> list[tuple[str, dict[str, str]]]:
+    """``[(name, options)]`` from a JSON list (a string, or parsed); ``default`` (CPU) when absent.
+
+    Raises:
+        pb_utils.TritonModelException: If it is not a list of ``{"name", "options"}`` objects with
+            string option values, or names a provider this onnxruntime does not know.
+    """
+    if value is None or value == "":
+        return list(default or [(CPU_PROVIDER, {})])
+    shape = ('a JSON list like [{"name": "CUDAExecutionProvider", "options": {"device_id": "0"}}, '
+             '{"name": "CPUExecutionProvider"}]')
+    try:
+        entries = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as err:
+        raise pb_utils.TritonModelException(
+            f"{label}: parameter {where} is not JSON ({err}): {value!r}; write {shape}, or rebuild the "
+            "repository with `polyhead export --device cpu|cuda`") from None
+    parsed = []
+    known = ort.get_all_providers()
+    for entry in entries if isinstance(entries, list) and entries else [None]:
+        if not _provider_entry(entry):
+            raise pb_utils.TritonModelException(f"{label}: parameter {where} must be {shape}; got {value!r}")
+        if entry["name"] not in known:
+            raise pb_utils.TritonModelException(
+                f"{label}: parameter {where} names unknown execution provider {entry['name']!r}; onnxruntime "
+                f"{ort.__version__} knows {known}; fix the name (e.g. CUDAExecutionProvider)")
+        parsed.append((entry["name"], {str(k): str(v) for k, v in entry.get("options", {}).items()}))
+    return parsed
+
+
+def _provider_entry(entry: object) -> bool:
+    """Whether ``entry`` is ``{"name": str}`` or ``{"name": str, "options": {...}}``."""
+    return (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("options", {}), dict) and not set(entry) - {"name", "options"})
+
+
+def _usable(providers: list[tuple[str, dict[str, str]]], available: list[str],
+            gpu: str | None) -> list[tuple[str, dict[str, str]]]:
+    """The ``providers`` in ``available``, GPU ones on ``gpu`` (if set), and the CPU last if not listed."""
+    usable = []
+    for name, options in providers:
+        if name in available:
+            usable.append((name, {**options, "device_id": gpu} if gpu is not None and name in GPU_PROVIDERS
+                           else dict(options)))
+    if CPU_PROVIDER not in {name for name, _ in usable}:
+        usable.append((CPU_PROVIDER, {}))
+    return usable
+
+
+def _instance_gpu(args: dict) -> str | None:
+    """The GPU of a ``KIND_GPU`` instance (``model_instance_device_id``), else ``None``."""
+    if str(args.get("model_instance_kind", "")).upper() == "GPU":
+        return str(args.get("model_instance_device_id", "0"))
+    return None
+
+
+def _warn(message: str) -> None:
+    """Log ``message`` as a warning in the server log (``pb_utils.Logger``, Triton >= 22.xx)."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_warn(message)
 
 
 def _error(message: str):  # noqa: ANN202 (pb_utils type)
