@@ -36,15 +36,18 @@ def _cmd_add_task(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from serving.triton.model_configs import RepositoryOptions
     from serving.triton.repository import build_repository
 
-    summary = build_repository(Path(args.workdir), backend=args.backend, dynamic_batching=args.dynamic_batching,
-                               tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
-                               heads_layout=args.heads_layout or default_layout(args.backend))
+    options = RepositoryOptions(backend=args.backend, dynamic_batching=args.dynamic_batching, tensorrt=args.tensorrt,
+                                max_batch_size=args.max_batch_size, device=args.device,
+                                heads_layout=args.heads_layout or default_layout(args.backend))
+    summary = build_repository(Path(args.workdir), options=options)
     versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
-    layout = summary.options.heads_layout.replace("_", "-")
-    print(f"wrote {summary.path} ({summary.options.backend} backend, {layout} heads, input {summary.input_size}): "
-          f"trunk versions {versions}; tasks {', '.join(summary.tasks)}")
+    opts = summary.options
+    where = f", {opts.device}" if opts.backend == "python" else ""
+    print(f"wrote {summary.path} ({opts.backend} backend{where}, {opts.heads_layout.replace('_', '-')} heads, "
+          f"input {summary.input_size}): trunk versions {versions}; tasks {', '.join(summary.tasks)}")
     print(f"models: {', '.join(summary.models)}")
     return 0
 
@@ -123,6 +126,10 @@ def register(sub: Subparsers) -> None:
     e.add_argument("--dynamic-batching", action="store_true", help="enable the dynamic batcher (pays on GPUs)")
     e.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator (onnxruntime backend only)")
     e.add_argument("--max-batch-size", type=int, default=8, help="largest batch per execution (default: %(default)s)")
+    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="python backend: cpu, or cuda (onnxruntime TensorRT, then CUDA, then CPU execution "
+                        "providers; GPU instances where the server has a GPU, else CPU with a warning in the "
+                        "server log) (default: %(default)s)")
     add_heads_layout(e, None,
                      "per-task: one head_<task> model each; shared: one `heads` model hosting every head; "
                      "in-trunk: the trunk model hosts every head (shared and in-trunk: python backend only; "
