@@ -5,8 +5,6 @@ The metadata goes through :mod:`shared.artifact_records` (the schema serving rea
 
 from __future__ import annotations
 
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,26 +29,20 @@ from shared.workspace import Workspace
 from transfer.data.coco import CocoTask
 from transfer.evaluation.coco_map import coco_map
 from transfer.evaluation.predict import detect_split, iterate_split, onnx_detector
+from transfer.export.device_keys import MEASURE_THREADS, cpu_key
+from transfer.export.latency import measure_latency
 from transfer.export.onnx_graphs import export_head, export_trunk, session
 from transfer.training.multitask_model import TaskInfo
 
 REFERENCE = "reference"
+#: ``latency_runtime`` of figures measured in onnxruntime on the CPU (what an entry without one means:
+#: :func:`publish_trunk` and older versions measured so).
+ONNX_CPU = "onnxruntime-cpu"
 
 
 def device_name() -> str:
-    """Short name of the device latencies are measured on."""
-    return f"cpu-{platform.machine()}-{torch.get_num_threads()}t"
-
-
-def measure_latency(sess, images: np.ndarray, repeats: int = 20) -> float:
-    """Median wall time in ms of ``sess.run`` on ``images`` (after one warm-up run)."""
-    sess.run(None, {"images": images})
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, {"images": images})
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+    """Key of the device :func:`publish_trunk` measures on: this CPU with onnxruntime (``cpu-<model>-2t``)."""
+    return cpu_key(MEASURE_THREADS)
 
 
 def sample_images(task: CocoTask, size: int, n: int) -> torch.Tensor:
@@ -65,7 +57,7 @@ def publish_trunk(
     """Export ``trunk`` as variant ``name``: ``trunk/<name>/model.onnx`` + ``variant.json`` (atomic)."""
     with atomic_directory(ws.variant(name), replace=True) as tmp:
         diff = export_trunk(trunk, tmp / "model.onnx", input_size, check_images)
-        sess = session(tmp / "model.onnx", threads=2)
+        sess = session(tmp / "model.onnx", threads=MEASURE_THREADS)
         latency = {f"b{b}": measure_latency(sess, np.repeat(check_images[:1].numpy(), b, 0)) for b in (1, 8)}
         record = VariantRecord(
             name=name,
