@@ -8,9 +8,10 @@ Variants (each ``trunk/<name>/model.onnx`` + ``variant.json``, written atomicall
 - ``fp16``: FP16 of the reference trunk (:mod:`transfer.compression.quantize`).
 
 Every existing head is evaluated on every variant (COCO mAP via onnxruntime). A variant is
-*admitted* only if no head loses more than ``tolerance`` mAP points against the reference; the
-admitted latency/accuracy Pareto set is marked. Re-running skips variants whose ``variant.json``
-records the current parent's sha256 and the same settings. The admission and Pareto rules live
+*admitted* only if no head loses more than ``tolerance`` mAP points against the reference (the
+same on every device); the admitted latency/accuracy Pareto set is marked per device
+(``pareto_by_device``; ``pareto``: the device this run measured on). Re-running skips variants
+whose ``variant.json`` records the current parent's sha256 and the same settings. The admission and Pareto rules live
 in :mod:`transfer.compression.catalogue` so they can be tested on constructed numbers.
 """
 
@@ -29,6 +30,7 @@ from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from shared.workspace import Workspace
 from transfer.compression.catalogue import build_catalogue
+from transfer.compression.measure import measure_variants
 from transfer.compression.prune import (
     PruneSettings,
     count_flops,
@@ -43,6 +45,7 @@ from transfer.compression.prune import (
 )
 from transfer.compression.quantize import QuantSettings, convert_fp16, feature_parity, parity_problem, quantize_int8
 from transfer.data.coco import CocoTask, load_coco
+from transfer.export.device_keys import MEASURE_THREADS
 from transfer.export.onnx_graphs import session
 from transfer.export.publish import REFERENCE, device_name, evaluate_head, measure_latency, publish_trunk
 from transfer.train import data_root, resolve_config
@@ -137,7 +140,7 @@ def _publish_onnx(
     parent_meta = read_json(ws.variant(parent) / "variant.json")
     with atomic_directory(ws.variant(name), replace=True) as tmp:
         atomic_write_bytes(tmp / "model.onnx", data)
-        sess = session(tmp / "model.onnx", threads=2)
+        sess = session(tmp / "model.onnx", threads=MEASURE_THREADS)
         latency = {f"b{b}": measure_latency(sess, np.repeat(check[:1], b, 0), repeats) for b in (1, 8)}
         keep = ("input_size", "contract", "trunk_config", "params", "flops")
         meta = {"name": name, **{k: parent_meta[k] for k in keep if k in parent_meta},
@@ -217,16 +220,6 @@ def _build_quantized(ws, jobs: list[tuple[str, str, str]], calib: np.ndarray, ch
     return built
 
 
-def _remeasure(ws: Workspace, names: list[str], check: np.ndarray, repeats: int) -> None:
-    """Measure every variant's latency again, back to back, so the catalogue compares like with like."""
-    for name in names:
-        sess = session(ws.variant(name) / "model.onnx", threads=2)
-        latency = {f"b{b}": measure_latency(sess, np.repeat(check[:1], b, 0), repeats) for b in (1, 8)}
-        meta = read_json(ws.variant(name) / "variant.json")
-        meta.setdefault("latency_ms", {})[device_name()] = latency
-        atomic_write_json(ws.variant(name) / "variant.json", meta)
-
-
 def run_compress(
     workdir: str | Path, tolerance: float = 1.0, progress: bool = True,
     settings: CompressSettings | None = None, log: Log | None = None, device: str = "auto",
@@ -240,7 +233,10 @@ def run_compress(
         settings: What to build (defaults: 2 prune rounds, INT8, FP16).
         log: Called with one line per finished step (the CLI prints them).
         device: ``auto`` | ``cpu`` | ``cuda``: where the pruned trunks' distillation fine-tune runs
-            (autocast on CUDA). Latency is measured in onnxruntime on the CPU either way.
+            (autocast on CUDA) and where every variant's latency is measured at the end, side by side
+            (:func:`transfer.compression.measure.measure_variants`: onnxruntime on the CPU; on CUDA
+            onnxruntime's CUDA provider or else the torch trunk in the variant's precision). The
+            catalogue's ``device`` is that key; add other devices with `polyhead measure`.
 
     Returns:
         A :class:`CompressReport`; ``trunk/catalogue.json`` holds the same catalogue.
@@ -279,13 +275,15 @@ def run_compress(
             if task not in done:
                 result = evaluate_head(ws, task, name, val, input_size)
                 log(f"{name}: {task} mAP {result['map']:.4f}")
-    _remeasure(ws, names, holdout[:8].numpy(), settings.latency_repeats)
+    # Every variant again, side by side on this run's device, so the catalogue compares like with like.
+    key, _, _ = measure_variants(ws, names, holdout[:8].numpy(), plan.device, settings.latency_repeats)
     metas = {name: read_json(ws.variant(name) / "variant.json") for name in names}
-    catalogue = build_catalogue(metas, REFERENCE, tolerance, device_name(), list(vals))
+    catalogue = build_catalogue(metas, REFERENCE, tolerance, key, list(vals))
     catalogue["skipped_tasks"] = skipped
     for name, row in catalogue["variants"].items():
         meta = metas[name]
-        meta.update(admitted=row["admitted"], pareto=row["pareto"], max_map_drop=row["max_map_drop"])
+        meta.update(admitted=row["admitted"], pareto=row["pareto"], pareto_by_device=row["pareto_by_device"],
+                    max_map_drop=row["max_map_drop"])
         atomic_write_json(ws.variant(name) / "variant.json", meta)
     path = ws.trunk_dir / CATALOGUE
     atomic_write_json(path, catalogue)

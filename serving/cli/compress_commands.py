@@ -12,7 +12,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_catalogue(catalogue: dict) -> list[str]:
-    """Table lines: variant, params, FLOPs, size, latency b1/b8, mAP per task, drop, admitted, Pareto."""
+    """Table lines: variant, params, FLOPs, size, latency b1/b8, mAP per task, drop, admitted, Pareto.
+
+    Latency and the Pareto column are the catalogue's device's; one line per other device gives its Pareto set.
+    """
     tasks = catalogue["tasks"]
     head = (f"{'variant':18s} {'prec':5s} {'params':>8s} {'GFLOPs':>7s} {'MB':>6s} {'b1 ms':>7s} {'b8 ms':>7s} "
             + " ".join(f"{t[:9]:>9s}" for t in tasks) + f" {'drop':>6s} {'admit':>5s} {'pareto':>6s}")
@@ -29,6 +32,9 @@ def format_catalogue(catalogue: dict) -> list[str]:
         )
     lines.append(f"mAP@[.5:.95] per task; drop = worst-task loss in points vs {catalogue['reference']} "
                  f"(tolerance {catalogue['tolerance_points']:g}); latency on {catalogue['device']}")
+    for device, front in catalogue.get("pareto_by_device", {}).items():
+        if device != catalogue["device"]:
+            lines.append(f"Pareto set on {device}: {', '.join(front) or 'none'}")
     for task, why in catalogue.get("skipped_tasks", {}).items():
         lines.append(f"skipped head {task}: {why}")
     return lines
@@ -71,5 +77,6 @@ def register(sub: Subparsers) -> None:
     c.add_argument("--response-weight", type=float, default=defaults.response_weight,
                    help="also distil the frozen heads' outputs during the fine-tune (0 = features only; "
                         "default %(default)s)")
-    add_device(c, "the pruned variants' distillation fine-tune (latency is measured in onnxruntime on the CPU)")
+    add_device(c, "the pruned variants' distillation fine-tune and the latency measurement (add another "
+                  "device's figures with `polyhead measure` on it)")
     c.set_defaults(func=_cmd_compress)

@@ -18,6 +18,7 @@ from serving.cli import (
     compress_commands,
     data_commands,
     demo_command,
+    measure_command,
     monitor_commands,
     predict_command,
     serving_commands,
@@ -36,6 +37,7 @@ COMMAND_GROUPS = (
     serving_commands.register,  # add-task, export, serve, infer
     predict_command.register,  # predict
     compress_commands.register,  # compress
+    measure_command.register,  # measure
     monitor_commands.register,  # monitor, optimize
 )
 

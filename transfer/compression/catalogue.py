@@ -1,15 +1,18 @@
-"""The variant catalogue's rules: admission, the latency/accuracy Pareto set, the benchmark summary.
+"""The variant catalogue's rules: admission, the latency/accuracy Pareto set per device, the benchmark summary.
 
-Admission is against the reference trunk; the benchmark compares the best admitted variant with the
-teacher (or the reference). Pure functions over ``variant.json`` contents, so the rules are tested
-on constructed numbers.
+Admission is against the reference trunk and does not depend on the device: a variant's accuracy
+(mAP drop vs ``tolerance``) and its parity are the same wherever it runs. The Pareto set does: it is
+computed per ``latency_ms`` key, over the admitted variants measured on that device only (never two
+devices in one comparison), and recorded as ``pareto_by_device: {key: bool}`` (``pareto`` stays the
+flag of the device the catalogue was built on, for older readers). The benchmark compares the best
+admitted variant with the teacher (or the reference). Pure functions over ``variant.json``
+contents, so the rules are tested on constructed numbers.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +52,40 @@ def pareto_set(points: Mapping[str, tuple[float, float, float]]) -> set[str]:
     return {n for n, p in points.items() if not any(dominates(q, p) for m, q in points.items() if m != n)}
 
 
+def latency_of(meta: Mapping, device: str) -> tuple[float, float] | None:
+    """``(b1, b8)`` ms of ``meta``'s ``latency_ms[device]`` (b8 = b1 when only b1 was measured), else ``None``."""
+    entry = (meta.get("latency_ms") or {}).get(device)
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("b1"), (int, float)):
+        return None
+    b8 = entry.get("b8")
+    return float(entry["b1"]), float(b8 if isinstance(b8, (int, float)) else entry["b1"])
+
+
+def mean_map(meta: Mapping, tasks: Sequence[str]) -> float | None:
+    """Mean mAP over the ``tasks`` evaluated on the variant (``None`` when none is)."""
+    maps = [float(meta["map"][t]["map"]) for t in tasks if t in (meta.get("map") or {})]
+    return float(np.mean(maps)) if maps else None
+
+
+def device_pareto(metas: Mapping[str, Mapping], admitted: Iterable[str], device: str,
+                  tasks: Sequence[str]) -> dict[str, bool]:
+    """``device``'s Pareto flag of every variant measured there: on the front of the admitted ones or not.
+
+    Args:
+        metas: Variant name -> ``variant.json`` content.
+        admitted: Names of the admitted variants (admission is device-independent).
+        device: The ``latency_ms`` key; variants without its figures get no flag (unknown, not ``False``).
+        tasks: Tasks whose mean mAP is the accuracy axis.
+    """
+    admitted = set(admitted)
+    points = {n: (*lat, mean_map(m, tasks) or 0.0) for n, m in metas.items()
+              if n in admitted and (lat := latency_of(m, device)) is not None}
+    front = pareto_set(points)
+    return {n: n in front for n, m in metas.items() if latency_of(m, device) is not None}
+
+
 def _row(meta: dict, device: str, tasks: Sequence[str]) -> dict:
-    latency = meta.get("latency_ms", {}).get(device) or next(iter(meta.get("latency_ms", {}).values()), {})
+    b1, b8 = latency_of(meta, device) or (None, None)  # this device's figures only: never another's
     maps = {t: float(meta["map"][t]["map"]) for t in tasks if t in meta.get("map", {})}
     return {
         "precision": meta.get("precision", "fp32"),
@@ -59,8 +94,8 @@ def _row(meta: dict, device: str, tasks: Sequence[str]) -> dict:
         "flops": meta.get("flops"),
         "size_bytes": meta.get("size_bytes"),
         "sha256": meta.get("sha256"),
-        "latency_b1_ms": latency.get("b1"),
-        "latency_b8_ms": latency.get("b8"),
+        "latency_b1_ms": b1,
+        "latency_b8_ms": b8,
         "map": maps,
         "mean_map": float(np.mean(list(maps.values()))) if maps else None,
     }
@@ -69,13 +104,17 @@ def _row(meta: dict, device: str, tasks: Sequence[str]) -> dict:
 def build_catalogue(
     metas: Mapping[str, dict], reference: str, tolerance: float, device: str, tasks: Sequence[str]
 ) -> dict:
-    """The catalogue: one row per variant with metrics, ``max_map_drop``, ``admitted`` and ``pareto``.
+    """The catalogue: one row per variant with metrics, ``max_map_drop``, ``admitted`` and Pareto flags.
+
+    Each row has ``pareto`` (on ``device``'s front) and ``pareto_by_device`` (every ``latency_ms`` key
+    the variant has -> on that device's front); the catalogue lists each front under
+    ``pareto_by_device`` and ``device``'s under ``pareto``.
 
     Args:
         metas: Variant name -> ``variant.json`` content (must include ``reference``).
         reference: The variant every other is compared with (always admitted when evaluated).
         tolerance: Max mAP loss in points on any task.
-        device: Key of the latency measurements to use.
+        device: Key of the latency measurements the rows show (the device `compress` ran on).
         tasks: Heads that must be evaluated on a variant for it to be admitted.
     """
     if reference not in metas:
@@ -90,13 +129,16 @@ def build_catalogue(
             row["admitted"], row["reason"] = False, metas[name]["parity_problem"]
         if metas[name].get("role") == "teacher":  # other heads: never served
             row["admitted"], row["reason"] = False, "teacher trunk"
-    points = {n: (r["latency_b1_ms"], r["latency_b8_ms"], r["mean_map"] or 0.0)
-              for n, r in rows.items() if r["admitted"] and r["latency_b1_ms"] is not None}
-    front = pareto_set(points)
+    admitted = [n for n, r in rows.items() if r["admitted"]]
+    keys = dict.fromkeys([device, *(k for m in metas.values() for k in (m.get("latency_ms") or {}))])
+    flags = {key: device_pareto(metas, admitted, key, tasks) for key in keys}
     for name, row in rows.items():
-        row["pareto"] = name in front
+        row["pareto_by_device"] = {key: f[name] for key, f in flags.items() if name in f}
+        row["pareto"] = row["pareto_by_device"].get(device, False)
+    fronts = {key: sorted((n for n, on in f.items() if on), key=lambda n, k=key: latency_of(metas[n], k))
+              for key, f in flags.items()}
     return {"reference": reference, "tolerance_points": tolerance, "device": device, "tasks": list(tasks),
-            "variants": rows, "pareto": sorted(front, key=lambda n: rows[n]["latency_b1_ms"])}
+            "variants": rows, "pareto": fronts[device], "pareto_by_device": fronts}
 
 
 def best_admitted(catalogue: dict) -> str:
@@ -110,25 +152,14 @@ def best_admitted(catalogue: dict) -> str:
 
 def side_by_side_latency(paths: Mapping[str, Path], check: np.ndarray, repeats: int = 30,
                          rounds: int = 3) -> dict[str, dict[str, float]]:
-    """Median b1/b8 latency (ms) of several ONNX trunks measured interleaved in one process.
+    """Median b1/b8 latency (ms) of several ONNX trunks measured interleaved in one process (CPU, onnxruntime).
 
     Each of ``rounds`` rounds runs every model at batch 1 and 8 (``repeats // rounds`` timed runs
     each), so drift on a noisy machine hits all models alike. ``check``: ``(N, 3, S, S)`` uint8.
     """
-    from transfer.export.onnx_graphs import session
+    from transfer.export.latency import interleaved_latency, onnx_runner
 
-    sessions = {name: session(path, threads=2) for name, path in paths.items()}
-    batches = {b: np.repeat(check[:1], b, 0) for b in (1, 8)}
-    times: dict[str, dict[int, list[float]]] = {n: {1: [], 8: []} for n in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for b, images in batches.items():
-                sess.run(None, {"images": images})  # warm-up
-                for _ in range(max(1, repeats // rounds)):
-                    t0 = time.perf_counter()
-                    sess.run(None, {"images": images})
-                    times[name][b].append((time.perf_counter() - t0) * 1000)
-    return {n: {f"b{b}": float(np.median(v)) for b, v in t.items()} for n, t in times.items()}
+    return interleaved_latency({name: onnx_runner(path) for name, path in paths.items()}, check, repeats, rounds)
 
 
 def teacher_footprint(teacher_cfg, input_size: int, check: np.ndarray, repeats: int = 30,
