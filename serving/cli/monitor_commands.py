@@ -42,9 +42,12 @@ def _optimize_options(args: argparse.Namespace) -> dict:
     objectives = {t: float(ms) / 1e3 for t, ms in (opts.pop("objectives_ms", None) or {}).items()}
     objectives.update(parse_slo(args.slo))
     opts["objectives_s"] = objectives
-    for key in ("prometheus", "server", "repository", "source", "device", "metrics_port", *CONFIG_KEYS):
+    if "device" in opts:  # the older name of serving_device
+        opts.setdefault("serving_device", opts.pop("device"))
+    for key in ("prometheus", "server", "repository", "source", "serving_device", "metrics_port", *CONFIG_KEYS):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
+    opts["serving_device"] = opts.get("serving_device") or "auto"
     if "batch_delays_us" in opts:
         opts["batch_delays_us"] = parse_delays(opts["batch_delays_us"])
     opts["dry_run"] = bool(args.dry_run or opts.get("dry_run", False))
@@ -68,7 +71,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     repo = Path(opts["repository"]) if opts.get("repository") else None
     switcher = TrunkSwitcher(opts["server"], repo, headers=control_headers() or None)
     versions = read_trunk_versions(repo) if repo is not None else switcher.versions()
-    variants = read_variants(Path(args.workdir), versions, opts.get("device"))
+    variants = read_variants(Path(args.workdir), versions, opts["serving_device"])
     live = versions.get(switcher.live_version())
     policy = Policy(variants, config, live, delays=switcher.batch_delay())
     metrics = PolyheadMetrics()
@@ -79,6 +82,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         source=opts.get("source", "client"),
     )  # fmt: skip
     ladder = ", ".join(f"{v.name} (mAP {v.accuracy:.3f}, {v.latency_ms or 0:.1f} ms)" for v in policy.variants)
+    ladder += f" [latency on {policy.variants[0].device or 'no common device'}]"
     delays = ", ".join(format_delay(d) + (" (home)" if d == policy.home else "") for d in policy.delays)
     print(f"polyhead optimize: live {live}, batch delay {format_delay(policy.delay)}; variants by accuracy: "
           f"{ladder}; batch delays: {delays}" + (" [dry run]" if opts["dry_run"] else ""))  # fmt: skip
@@ -130,7 +134,10 @@ def register(sub: Subparsers) -> None:
     o.add_argument("--probe-margin", type=float, help="keep a tried delay only if the worst p95/objective fell "
                    "by this fraction (0.1)")
     o.add_argument("--probe-hold-s", type=float, help="seconds a delay that did not help is not tried again (600)")
-    o.add_argument("--device", help="variant.json latency_ms key to compare variants on")
+    o.add_argument("--serving-device", "--device", dest="serving_device", metavar="KEY|auto",
+                   help="variant.json latency_ms key of the device Triton serves on, e.g. cuda-nvidia-h200 "
+                        "(`polyhead measure` on that machine adds it); auto (default): this machine's key. In "
+                        "Kubernetes the controller pod is not the GPU pod: pass the GPU's key")
     o.add_argument("--metrics-port", type=int, help="export decisions on this port")
     o.add_argument("--address", default="0.0.0.0", help="address of --metrics-port (default: %(default)s)")
     o.add_argument("--dry-run", action="store_true", help="log decisions without applying them")

@@ -1,7 +1,9 @@
 """What the latency controller can change on the served trunk, and how: variants and the batching delay.
 
 * :func:`read_variants`: the admitted variants with their accuracy (mean mAP over tasks, from
-  ``variant.json``), relative cost (``latency_ms``) and Triton version number.
+  ``variant.json``), relative cost (``latency_ms`` on the serving device) and Triton version number.
+  The serving device is a ``latency_ms`` key (:mod:`transfer.export.device_keys`); every variant is
+  compared on one key, never two, with a :class:`LatencyDeviceWarning` when it is not the one asked for.
 * Batching delays: ``int`` microseconds (the trunk's ``dynamic_batching.max_queue_delay_microseconds``)
   or ``None`` for "dynamic batching off"; :func:`parse_delay` / :func:`format_delay` convert ``"off"``.
 * :class:`TrunkSwitcher`: applies either knob with a Triton ``load("trunk", config=<override>)`` on
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,13 @@ from serving.triton.model_names import TRUNK_MODEL
 from serving.triton.repository import read_trunk_versions, set_live_trunk_version
 from shared.errors import ArtifactError, ConfigError, ServingError
 from shared.workspace import Workspace
+from transfer.export.device_keys import (
+    LatencyDeviceWarning,
+    comparison_key,
+    device_kind,
+    local_device_key,
+    require_known_key,
+)
 
 #: A dynamic-batching delay in microseconds; ``None``: dynamic batching off.
 Delay = int | None
@@ -73,13 +83,15 @@ class Variant:
         name: Variant name (``trunk/<name>``).
         version: Its Triton version number in the repository.
         accuracy: Mean COCO mAP over tasks (``variant.json`` ``map``); higher is better.
-        latency_ms: Measured latency on one device (``variant.json`` ``latency_ms``), or ``None``.
+        latency_ms: Measured latency at batch 1 on :attr:`device` (``variant.json`` ``latency_ms``), or ``None``.
+        device: The ``latency_ms`` key :attr:`latency_ms` comes from (the same for every variant compared).
     """
 
     name: str
     version: int
     accuracy: float
     latency_ms: float | None = None
+    device: str | None = None
 
 
 def _latency(meta: dict, device: str | None) -> float | None:
@@ -92,25 +104,69 @@ def _latency(meta: dict, device: str | None) -> float | None:
     return float(entry) if isinstance(entry, (int, float)) else None
 
 
-def read_variants(workdir: Path, versions: Path | Mapping[int, str], device: str | None = None) -> list[Variant]:
-    """Admitted (and Pareto-optimal, where recorded) variants that the server has as trunk versions.
+def _on_front(meta: dict, device: str | None) -> bool:
+    """Whether ``meta`` is on ``device``'s Pareto set (``pareto_by_device``; older files: ``pareto``)."""
+    by_device = meta.get("pareto_by_device")
+    if isinstance(by_device, dict):
+        return by_device.get(device) is not False  # no flag for this device: unknown, kept
+    return meta.get("pareto") is not False
+
+
+def _comparison_device(metas: list[dict], serving_device: str | None, workdir: Path) -> str | None:
+    """The one ``latency_ms`` key every variant is compared on (see :func:`read_variants`)."""
+    tables = [m.get("latency_ms") if isinstance(m.get("latency_ms"), dict) else {} for m in metas]
+    if serving_device is None:
+        return comparison_key(next(iter(tables[0]), ""), tables)[0]
+    if serving_device == "auto":
+        wanted = local_device_key("auto")
+    else:
+        require_known_key(serving_device, tables, "--serving-device")
+        wanted = serving_device
+    key, why = comparison_key(wanted, tables)
+    if why:
+        same = key is not None and device_kind(key) == device_kind(wanted)
+        instead = (f"comparing them on {key} instead ({'the same' if same else 'another'} kind of device)" if key
+                   else "ranking them by accuracy only (no device common to all)")
+        warnings.warn(f"serving device {wanted}: {why}; {instead}. Measure it with "
+                      f"`polyhead measure --workdir {workdir} --device {device_kind(wanted)}` on the serving "
+                      "machine, or pass --serving-device with a key they have", LatencyDeviceWarning, stacklevel=3)
+    return key
+
+
+def read_variants(
+    workdir: Path, versions: Path | Mapping[int, str], serving_device: str | None = None
+) -> list[Variant]:
+    """Admitted variants on the serving device's Pareto set that the server has as trunk versions.
+
+    Every variant is compared on one ``latency_ms`` key: ``serving_device`` when every admitted
+    variant has its figures, else (a :class:`LatencyDeviceWarning` naming the missing device and
+    the `polyhead measure` command) a key they all have, of the same kind of device first (another
+    CPU for a CPU), else any; with none common, latency is ``None`` for all. The Pareto filter is
+    that key's (``pareto_by_device``; files without it: ``pareto``).
 
     Args:
         workdir: Workspace with ``trunk/<variant>/variant.json``.
         versions: Trunk version -> variant name, or a model repository (its ``versions.json``).
-        device: ``latency_ms`` key to compare costs on (default: each file's first entry).
+        serving_device: ``latency_ms`` key of the device Triton serves on (``cuda-nvidia-h200``),
+            ``auto`` (this machine's key: in Kubernetes the controller pod is not the GPU pod, so
+            pass the key), or ``None``: the first key every variant has, no preference.
 
     Raises:
         ArtifactError: No usable variant.
+        ConfigError: ``serving_device`` is a key no admitted variant has (the error names those there are).
     """
     if not isinstance(versions, Mapping):
         versions = read_trunk_versions(versions)
-    usable: list[tuple[int, str, dict]] = []
+    admitted: list[tuple[int, str, dict]] = []
     for version, name in versions.items():
         path = Workspace.at(workdir).variant(name) / "variant.json"
         meta = json.loads(path.read_text()) if path.is_file() else {}
-        if meta.get("admitted", False) and meta.get("pareto") is not False:
-            usable.append((version, name, meta))
+        if meta.get("admitted", False):
+            admitted.append((version, name, meta))
+    if not admitted:
+        raise ArtifactError(f"no admitted trunk variant among versions {dict(versions)} in {workdir}/trunk")
+    device = _comparison_device([meta for _, _, meta in admitted], serving_device, workdir)
+    usable = [(version, name, meta) for version, name, meta in admitted if _on_front(meta, device)]
     # Rank on the tasks every usable variant was evaluated on, so a task evaluated on one variant
     # only (e.g. added later) cannot make that variant look more or less accurate.
     common = set.intersection(*(set(meta.get("map") or {}) for _, _, meta in usable)) if usable else set()
@@ -119,12 +175,12 @@ def read_variants(workdir: Path, versions: Path | Mapping[int, str], device: str
         per_task = (meta.get("map") or {}).items()
         maps = [float(m["map"] if isinstance(m, dict) else m) for t, m in per_task if t in common]
         accuracy = sum(maps) / len(maps) if maps else 0.0
-        out.append(Variant(name, version, accuracy, _latency(meta, device)))
+        out.append(Variant(name, version, accuracy, _latency(meta, device) if device else None, device))
     if not out:
-        raise ArtifactError(f"no admitted trunk variant among versions {dict(versions)} in {workdir}/trunk")
-    latencies = [v.latency_ms for v in out]
-    if None in latencies:  # compare like with like: all known or none
-        out = [Variant(v.name, v.version, v.accuracy, None) for v in out]
+        raise ArtifactError(f"no admitted trunk variant on the Pareto set of {device} among versions "
+                            f"{dict(versions)} in {workdir}/trunk")
+    if None in [v.latency_ms for v in out]:  # compare like with like: all known or none
+        out = [Variant(v.name, v.version, v.accuracy, None, None) for v in out]
     return out
 
 

@@ -2,7 +2,8 @@
 
 * :func:`parse_slo`: ``TASK=MILLISECONDS`` items (``polyhead monitor|optimize|bench controller --slo``).
 * :func:`parse_delays`: the batching delays to try, ``"off,0,500"`` or a YAML list.
-* :func:`load_optimize_yaml`: the ``polyhead optimize --config`` file; keys in :data:`OPTIMIZE_KEYS`.
+* :func:`load_optimize_yaml`: the ``polyhead optimize --config`` file; keys in :data:`OPTIMIZE_KEYS`
+  (``device`` is the older name of ``serving_device``).
 
 Every error is a :class:`shared.errors.ConfigError` naming the bad value and the expected form.
 """
@@ -19,7 +20,7 @@ from shared.errors import ConfigError
 #: Keys of the ``polyhead optimize --config`` YAML (anything else is rejected).
 OPTIMIZE_KEYS = {
     "prometheus", "server", "repository", "objectives_ms", "high", "low", "breach_evals",
-    "recover_evals", "cooldown_s", "interval_s", "source", "device", "metrics_port", "dry_run",
+    "recover_evals", "cooldown_s", "interval_s", "source", "serving_device", "device", "metrics_port", "dry_run",
     "batch_delays_us", "probe_margin", "probe_hold_s",
 }  # fmt: skip
 #: Options of ``ControllerConfig`` besides the objectives (flag and YAML key, same name).
