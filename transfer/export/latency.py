@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.errors import ConfigError
 from transfer.export.device_keys import MEASURE_THREADS
 
 #: Runs a trunk once on ``(B, 3, S, S)`` uint8 images and returns when the outputs are ready.
@@ -55,6 +56,10 @@ def onnx_runner(path: str | Path, device: str = "cpu", threads: int = MEASURE_TH
 
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         sess = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"device_id": index})])
+        if "CUDAExecutionProvider" not in sess.get_providers():  # onnxruntime fell back to the CPU
+            raise ConfigError(f"onnxruntime could not start its CUDA provider on {device} for {path} (it runs "
+                              f"{sess.get_providers()}); fix the CUDA libraries onnxruntime-gpu needs, or "
+                              "uninstall it to time the torch trunk instead")
     return lambda images: sess.run(None, {"images": images})
 
 
