@@ -49,8 +49,8 @@ CASES = {
         "dry_run": False, "once": False, "address": "0.0.0.0",
     }),
     ("bench", "serving"): ("bench_commands", {
-        "command": "bench", "bench_command": "serving", "tasks": "1,2,4,8", "concurrency": "2,4,8",
-        "seconds": 10.0, "batching_concurrency": 8, "heads_layout": "in_trunk",
+        "command": "bench", "bench_command": "serving", "tasks": "1,4,8,16,32", "concurrency": "2,4,8",
+        "seconds": 10.0, "blocks": 3, "batching_concurrency": 8, "heads_layout": "in_trunk",
     }),
     ("bench", "compress"): ("bench_commands", {
         "command": "bench", "bench_command": "compress", "variant": None, "distill_report": None,
