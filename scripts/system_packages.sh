@@ -8,6 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 NEEDED=(
   "prometheus|command -v promtool|the Prometheus and monitoring-manifest tests"
   "libb64-0d|dpkg -s libb64-0d|the perf_analyzer tests (perf_analyzer links libb64.so.0d)"
+  "chromium|command -v chromium|the report page test (renders index.html in headless Chromium)"
 )
 missing=()
 for row in "${NEEDED[@]}"; do

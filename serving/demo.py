@@ -1,7 +1,8 @@
 """`polyhead demo`: the whole story on this machine, ending with a summary table.
 
 data -> multi-task training -> compression variants -> Triton repository -> embedded Triton ->
-requests for every task and all at once -> a new task trained head-only and hot-added under load.
+requests for every task and all at once -> a new task trained head-only and hot-added under load ->
+the report page (``polyhead report``).
 The trunk's tasks are synthetic scenes; the hot-added task is real photographed objects
 (:mod:`transfer.data.photo_task`), so the story ends on real pixels.
 """
@@ -128,6 +129,10 @@ def run_demo(workdir: str | Path, fast: bool = False) -> int:
     _summary(ws, latency, server_map)
     print(f"\nserver memory: {memory['processes']} processes (tritonserver, one backend process for the trunk "
           f"and every head), RSS {memory['rss_mib']:.0f} MiB, PSS {memory['pss_mib']:.0f} MiB")
+    from transfer.report import build_report
+
+    report = build_report(ws.root, ws.root / "report")
+    print(f"\nreport ({len(report.figures)} figures, {report.seconds:.0f} s): {report.path}")
     print(f"\ndemo finished in {time.time() - start:.0f} s; failed requests: {failures}")
     return 0 if failures == 0 else 1
 

@@ -19,7 +19,7 @@ def test_a_non_root_run_names_each_missing_package_with_its_install_command(tmp_
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _stub(bin_dir, "id", "echo 1000")  # not root: nothing is installed
-    _stub(bin_dir, "dpkg", "exit 1")  # libb64-0d absent; promtool and kubectl are not on this PATH
+    _stub(bin_dir, "dpkg", "exit 1")  # libb64-0d absent; promtool, chromium and kubectl are not on this PATH
     run = subprocess.run([shutil.which("bash"), str(SCRIPT)], env={"PATH": str(bin_dir)}, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -27,13 +27,15 @@ def test_a_non_root_run_names_each_missing_package_with_its_install_command(tmp_
     assert "missing system package prometheus: the Prometheus and monitoring-manifest tests will be skipped" in err
     assert "sudo apt-get install -y --no-install-recommends prometheus" in err
     assert "missing system package libb64-0d: the perf_analyzer tests" in err
+    assert "missing system package chromium: the report page test" in err
+    assert "sudo apt-get install -y --no-install-recommends chromium" in err
     assert "kubectl missing" in err and "installing" not in run.stdout
 
 
 def test_nothing_is_reported_when_every_package_is_there(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("promtool", "kubectl"):
+    for name in ("promtool", "kubectl", "chromium"):
         _stub(bin_dir, name, "exit 0")
     _stub(bin_dir, "dpkg", "exit 0")
     _stub(bin_dir, "id", "echo 1000")

@@ -21,6 +21,7 @@ from serving.cli import (
     measure_command,
     monitor_commands,
     predict_command,
+    report_command,
     serving_commands,
     training_commands,
 )
@@ -39,6 +40,7 @@ COMMAND_GROUPS = (
     compress_commands.register,  # compress
     measure_command.register,  # measure
     monitor_commands.register,  # monitor, optimize
+    report_command.register,  # report
 )
 
 
