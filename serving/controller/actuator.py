@@ -211,13 +211,16 @@ class TrunkSwitcher:
         self.timeout_s = timeout_s
 
     def replicas(self) -> list[str]:
-        """``ip:port`` of every address ``server`` resolves to (sorted, unique)."""
-        host, _, port = self.server.rpartition(":")
-        try:
-            infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
-        except (OSError, ValueError) as err:
-            raise ServingError(f"cannot resolve Triton address {self.server!r}: {err}") from err
-        return sorted({f"[{i[4][0]}]:{port}" if ":" in i[4][0] else f"{i[4][0]}:{port}" for i in infos})
+        """``ip:port`` of every address ``server`` (comma-separated ``host:port`` s) resolves to, sorted, unique."""
+        out: set[str] = set()
+        for server in (x.strip() for x in self.server.split(",") if x.strip()):
+            host, _, port = server.rpartition(":")
+            try:
+                infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+            except (OSError, ValueError) as err:
+                raise ServingError(f"cannot resolve Triton address {server!r}: {err}") from err
+            out |= {f"[{i[4][0]}]:{port}" if ":" in i[4][0] else f"{i[4][0]}:{port}" for i in infos}
+        return sorted(out)
 
     def _call(self, address: str, method: str, *args: object, **kwargs: object) -> object:
         import tritonclient.grpc as grpcclient
@@ -273,6 +276,46 @@ class TrunkSwitcher:
             cfg.ClearField("version_policy")
             cfg.version_policy.specific.versions.append(variant.version)
             self._reload(address, cfg)
+
+    def reconcile(self, version: int, delay: Delay) -> list[str]:
+        """Bring every replica to trunk ``version`` and batching ``delay``: those serving otherwise are reloaded.
+
+        A replica that started after a switch serves what its repository says: the pinned version
+        where the repository is shared and was pinned (``repo``), else the latest, and the
+        repository's own delay. The controller calls this every step, so such a replica is brought
+        to the controller's choice within one interval, whatever the storage.
+
+        Returns:
+            The replicas reloaded (``[]`` when all agreed).
+
+        Raises:
+            ServingError: If a replica cannot be read or reloaded (the others are still done first).
+        """
+        changed, failures = [], []
+        for address in self.replicas():
+            try:
+                cfg = self.served_config(address)
+                ready = self._call(address, "get_model_metadata", TRUNK_MODEL).versions
+                if [int(v) for v in ready] == [version] and config_delay(cfg) == delay:
+                    continue
+                cfg.ClearField("version_policy")
+                cfg.version_policy.specific.versions.append(version)
+                if config_delay(cfg) != delay:
+                    if HOME_DELAY_PARAM not in cfg.parameters:
+                        home = config_delay(cfg)
+                        cfg.parameters[HOME_DELAY_PARAM].string_value = "off" if home is None else str(home)
+                    if delay is None:
+                        cfg.ClearField("dynamic_batching")
+                    else:
+                        cfg.dynamic_batching.SetInParent()
+                        cfg.dynamic_batching.max_queue_delay_microseconds = delay
+                self._reload(address, cfg)
+                changed.append(address)
+            except ServingError as err:
+                failures.append(str(err))
+        if failures:
+            raise ServingError("; ".join(failures))
+        return changed
 
     def apply_batch_delay(self, delay: Delay) -> None:
         """Set the trunk's dynamic-batching delay on every replica (``None``: batching off).

@@ -56,9 +56,35 @@ class Controller:
             return False
         return True
 
+    def reconcile(self) -> list[str]:
+        """Bring replicas that serve another variant or delay than the policy's live ones back to them.
+
+        A replica started after a switch (a scale-up, a restart) serves its repository's choice;
+        this reloads it with the controller's. Dry runs change nothing. Failures are logged.
+
+        Returns:
+            The replicas reloaded.
+        """
+        if self.switcher is None:
+            return []
+        try:
+            changed = self.switcher.reconcile(self.policy.live.version, self.policy.delay)
+        except ServingError as err:
+            log.error("could not bring every replica to %s / delay %s: %s", self.policy.live.name,
+                      format_delay(self.policy.delay), err)
+            return []
+        for address in changed:
+            log.warning("replica %s served another trunk variant or delay; set to %s / delay %s", address,
+                        self.policy.live.name, format_delay(self.policy.delay))
+        return changed
+
     def step(self, now: float | None = None) -> Decision | None:
-        """One evaluation; returns the decision applied (or that would be, in a dry run)."""
+        """One evaluation; returns the decision applied (or that would be, in a dry run).
+
+        Every replica is first brought to the live variant and delay (:meth:`reconcile`).
+        """
         now = time.monotonic() if now is None else now
+        self.reconcile()
         try:
             p95 = self.reader.p95(self.source)
         except ServingError as err:

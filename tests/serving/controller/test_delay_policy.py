@@ -151,6 +151,9 @@ class FakeSwitcher:
             raise ServingError("load refused")
         self.calls.append(("delay", delay))
 
+    def reconcile(self, version, delay):  # every replica agrees (tests/serving/controller/test_multi_replica.py)
+        return []
+
 
 def test_controller_applies_only_real_changes_and_exports_the_live_delay():
     metrics, switcher = PolyheadMetrics(), FakeSwitcher()
