@@ -90,8 +90,7 @@ def heatmap_section(variants: Mapping[str, dict]) -> Section:
     grid = np.array([[np.nan if table[t][n] is None else 100 * table[t][n] for n in names] for t in tasks])
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 0.6 * len(tasks) + 1.6))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=max(1.0, np.nanmax(grid, initial=0)),
                       aspect="auto")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
