@@ -60,7 +60,7 @@ class _Base:
 
     def refresh(self) -> None:
         """Forget cached server metadata (tasks, model configs); the next call re-reads it."""
-        self._configs.clear()
+        self._configs = {}  # a new dict: a detect() in another thread keeps the one it started with
         self._tasks = None
 
     def _tasks_fresh(self) -> bool:
@@ -71,7 +71,7 @@ class _Base:
             task for m in models if (task := task_of_model(m.name)) is not None and m.state == "READY"
         )
         self._tasks, self._tasks_at = tuple(ready), time.monotonic()
-        self._configs.clear()  # reloaded models may have new configs
+        self._configs = {}  # reloaded models may have new configs; in-flight detect() calls keep theirs
         self._ready_models = {m.name for m in models if m.state == "READY"}
         return ready
 
@@ -101,31 +101,34 @@ class _Base:
         inp.set_data_from_numpy(batch)
         return [inp]
 
-    def _plan(self, tasks: Sequence[str] | str | None) -> tuple[tuple[str, ...], list[core.ModelPlan]]:
+    # One detect() works on the configs dict it started with (``configs``): a refresh in another
+    # thread or task replaces ``self._configs`` instead of clearing it under the call's feet.
+
+    def _plan(self, tasks: Sequence[str] | str | None, configs: dict) -> tuple[tuple[str, ...], list[core.ModelPlan]]:
         wanted = core.resolve_tasks(tasks, self._tasks or ())
-        fan = core.ensemble_tasks(self._configs[FANOUT_MODEL]) if FANOUT_MODEL in self._configs else ()
+        fan = core.ensemble_tasks(configs[FANOUT_MODEL]) if FANOUT_MODEL in configs else ()
         return wanted, core.plan_models(wanted, fan)
 
-    def _config_names(self, plans: list[core.ModelPlan]) -> list[str]:
+    def _config_names(self, plans: list[core.ModelPlan], configs: dict) -> list[str]:
         """Configs needed before inferring ``plans`` (not cached yet)."""
         names = [TRUNK_MODEL] if self._input_size is None else []
         names += [p.model for p in plans] + [task_model(t) for p in plans for t in p.tasks]
-        return [n for n in dict.fromkeys(names) if n not in self._configs]
+        return [n for n in dict.fromkeys(names) if n not in configs]
 
-    def _size(self) -> int:
+    def _size(self, configs: dict) -> int:
         if self._input_size is None:
-            self._input_size = int(self._configs[TRUNK_MODEL].input[0].dims[-1])  # images [3, S, S]
+            self._input_size = int(configs[TRUNK_MODEL].input[0].dims[-1])  # images [3, S, S]
         return self._input_size
 
-    def _chunks(self, plan: core.ModelPlan, n: int) -> list[tuple[int, int]]:
-        mbs = max(1, int(self._configs[plan.model].max_batch_size))
+    def _chunks(self, plan: core.ModelPlan, n: int, configs: dict) -> list[tuple[int, int]]:
+        mbs = max(1, int(configs[plan.model].max_batch_size))
         return [(s, min(n, s + mbs)) for s in range(0, n, mbs)]
 
     def _collect(
-        self, results: list[dict], plan: core.ModelPlan, start: int, outputs: dict, infos: list
+        self, results: list[dict], plan: core.ModelPlan, start: int, outputs: dict, infos: list, configs: dict
     ) -> None:
         for task in plan.tasks:
-            names = core.class_names(self._configs[task_model(task)], task_model(task))
+            names = core.class_names(configs[task_model(task)], task_model(task))
             for i, dets in enumerate(core.decode(outputs, plan, task, infos, names)):
                 results[start + i][task] = dets
 
@@ -196,21 +199,25 @@ class Detector(_Base):
         """
         arrays = core.to_images(images)
         self.tasks()
-        if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in self._configs:
-            self._configs[FANOUT_MODEL] = self._config(FANOUT_MODEL)
+        configs = self._configs
+        if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in configs:
+            configs[FANOUT_MODEL] = self._config(FANOUT_MODEL)
         try:
-            wanted, plans = self._plan(tasks)
+            wanted, plans = self._plan(tasks, configs)
         except UnknownTaskError:  # maybe hot-added since the last look
             self.tasks(refresh=True)
-            wanted, plans = self._plan(tasks)
-        for name in self._config_names(plans):
-            self._configs[name] = self._config(name)
-        batch, infos = core.prepare_batch(arrays, self._size())
+            configs = self._configs
+            if FANOUT_MODEL in self._ready_models:
+                configs[FANOUT_MODEL] = self._config(FANOUT_MODEL)
+            wanted, plans = self._plan(tasks, configs)
+        for name in self._config_names(plans, configs):
+            configs[name] = self._config(name)
+        batch, infos = core.prepare_batch(arrays, self._size(configs))
         results: list[dict] = [{} for _ in arrays]
         for plan in plans:
-            for s, e in self._chunks(plan, len(arrays)):
+            for s, e in self._chunks(plan, len(arrays), configs):
                 outputs = self._infer(plan, batch[s:e])
-                self._collect(results, plan, s, outputs, infos[s:e])
+                self._collect(results, plan, s, outputs, infos[s:e], configs)
         return [ImageResult({t: r[t] for t in wanted}) for r in results]
 
     def _config(self, model: str) -> object:
@@ -268,21 +275,25 @@ class AsyncDetector(_Base):
         """Async :meth:`Detector.detect`; batches of one call run concurrently."""
         arrays = core.to_images(images)
         await self.tasks()
-        if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in self._configs:
-            self._configs[FANOUT_MODEL] = await self._config(FANOUT_MODEL)
+        configs = self._configs
+        if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in configs:
+            configs[FANOUT_MODEL] = await self._config(FANOUT_MODEL)
         try:
-            wanted, plans = self._plan(tasks)
+            wanted, plans = self._plan(tasks, configs)
         except UnknownTaskError:
             await self.tasks(refresh=True)
-            wanted, plans = self._plan(tasks)
-        for name in self._config_names(plans):
-            self._configs[name] = await self._config(name)
-        batch, infos = core.prepare_batch(arrays, self._size())
+            configs = self._configs
+            if FANOUT_MODEL in self._ready_models:
+                configs[FANOUT_MODEL] = await self._config(FANOUT_MODEL)
+            wanted, plans = self._plan(tasks, configs)
+        for name in self._config_names(plans, configs):
+            configs[name] = await self._config(name)
+        batch, infos = core.prepare_batch(arrays, self._size(configs))
         results: list[dict] = [{} for _ in arrays]
-        jobs = [(plan, s, e) for plan in plans for s, e in self._chunks(plan, len(arrays))]
+        jobs = [(plan, s, e) for plan in plans for s, e in self._chunks(plan, len(arrays), configs)]
         outputs = await asyncio.gather(*(self._infer(p, batch[s:e]) for p, s, e in jobs))
         for (plan, s, e), out in zip(jobs, outputs, strict=True):
-            self._collect(results, plan, s, out, infos[s:e])
+            self._collect(results, plan, s, out, infos[s:e], configs)
         return [ImageResult({t: r[t] for t in wanted}) for r in results]
 
     async def _config(self, model: str) -> object:

@@ -126,6 +126,21 @@ def test_detector_task_selection_and_async_agree(server, fakes):
     assert asyncio.run(run()) == two
 
 
+def test_one_detector_shared_by_threads_survives_metadata_refreshes(server, fakes, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import serving.client.detector as detector_module
+
+    monkeypatch.setattr(detector_module, "_TASKS_TTL_S", 0.0)  # every call re-reads the index, replacing the cache
+    images = fakes.random_images(2, seed=5)
+    with Detector(server.url) as det:
+        expected = det.detect(images)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: det.detect(images, None if i % 2 else "people"), range(40)))
+    assert all(r == expected for r in results[1::2])
+    assert all(r[0]["people"] == expected[0]["people"] for r in results[::2])
+
+
 def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(server, client, fakes):
     good, _ = prepare_batch(fakes.random_images(1), fakes.SIZE)
     with pytest.raises(
