@@ -12,8 +12,8 @@ from typing import Any
 
 from transfer.report.section import Missing, Section, png_bytes, pyplot
 
-#: Where the entry comes from (the corruption benchmark of issue 17 writes it).
-ROBUSTNESS_HINT = "run the corruption benchmark (issue 17, item 1), which writes variant.json's `robustness`"
+#: Where the entry comes from: the corruption benchmark (``transfer.robustness_bench``) writes it.
+ROBUSTNESS_HINT = "run `polyhead bench robustness --workdir W` (writes variant.json's `robustness`)"
 
 
 def robustness_data(variants: Mapping[str, dict]) -> dict[str, dict[str, Any]]:

@@ -153,7 +153,8 @@ def test_robustness_is_drawn_for_the_variant_that_has_it_and_listed_missing_for_
     assert section["data"]["pruned-r1"]["rpc"] == ROBUSTNESS["rpc"]
     [line] = section["missing"]
     assert "robustness of reference, copy" in line
-    assert any("robustness of reference, copy" in m.line() for m in built["result"].missing)
+    assert any("robustness of reference, copy" in m.line() and "polyhead bench robustness --workdir" in m.line()
+               for m in built["result"].missing)
 
 
 def test_loss_curves_are_the_recorded_training_history_and_distillation_rounds(built: dict) -> None:
