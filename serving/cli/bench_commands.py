@@ -2,7 +2,8 @@
 
 * ``serving``: :func:`serving.bench.serving_bench.run_serving_bench`;
 * ``compress``: :func:`transfer.compress.run_compress_bench`;
-* ``controller``: :func:`serving.bench.controller_bench.run_controller_bench`.
+* ``controller``: :func:`serving.bench.controller_bench.run_controller_bench`;
+* ``robustness``: :func:`transfer.robustness_bench.run_robustness_bench`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,42 @@ def _cmd_bench_controller(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_robustness(result: dict) -> list[str]:
+    """Table lines: variant, admitted, clean mAP, mPC, rPC, rPC drop vs the reference, mAP per corruption."""
+    names = result["corruptions"]
+    head = (f"{'variant':16s} {'admit':>5s} {'clean':>6s} {'mPC':>6s} {'rPC':>6s} {'drop':>6s} "
+            + " ".join(f"{c[:10]:>10s}" for c in names))
+    lines = [head, "-" * len(head)]
+    for name, r in result["variants"].items():
+        rpc = "-" if r["rpc"] is None else f"{r['rpc']:.3f}"
+        drop = "-" if r["rpc_drop_points"] is None else f"{r['rpc_drop_points']:+.2f}"
+        per = " ".join(f"{sum(r['per_corruption'][c].values()) / len(r['per_corruption'][c]):10.4f}" for c in names)
+        admitted = {True: "yes", False: "no"}.get(r["admitted"], "-")
+        lines.append(f"{name:16s} {admitted:>5s} {r['clean_map']:6.4f} {r['mpc']:6.4f} {rpc:>6s} {drop:>6s} {per}")
+    lines.append(f"mAP@[.5:.95], mean over tasks {', '.join(result['tasks'])} ({result['max_images']} images each at "
+                 f"most, seed {result['seed']}); per corruption: mean of severities 1-3; rPC = mPC / clean; "
+                 f"drop = 100 x (rPC of {result['reference']} - rPC)")
+    return lines
+
+
+def _cmd_bench_robustness(args: argparse.Namespace) -> int:
+    from transfer.evaluation.robustness import RobustnessSettings
+    from transfer.robustness_bench import run_robustness_bench
+
+    def names(value: str | None) -> list[str] | None:
+        return None if value is None else [n.strip() for n in value.split(",") if n.strip()]
+
+    settings = RobustnessSettings(**({"corruptions": names(args.corruptions)} if args.corruptions else {}),
+                                  max_images=args.max_images, seed=args.seed)
+    result = run_robustness_bench(args.workdir, names(args.variants), names(args.tasks), settings)
+    for line in format_robustness(result):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_serving(bench: Subparsers) -> None:
     bs = bench.add_parser("serving", help="shared trunk vs independent detectors on the embedded Triton")
     add_workdir(bs)
@@ -135,13 +172,29 @@ def _add_controller(bench: Subparsers) -> None:
     b.set_defaults(func=_cmd_bench_controller)
 
 
+def _add_robustness(bench: Subparsers) -> None:
+    b = bench.add_parser("robustness", help="mAP of every variant under common corruptions (COCO-C mPC / rPC); "
+                                            "recorded in variant.json")
+    add_workdir(b)
+    b.add_argument("--json", help="write the result here")
+    b.add_argument("--variants", metavar="A,B", help="comma-separated trunk variants (default: all)")
+    b.add_argument("--tasks", metavar="A,B", help="comma-separated heads (default: all with a validation split)")
+    b.add_argument("--corruptions", metavar="A,B",
+                   help="comma-separated corruptions (default: gaussian_noise, gaussian_blur, jpeg, brightness, "
+                        "contrast), each at severities 1-3")
+    b.add_argument("--max-images", type=int, default=100,
+                   help="first validation images per task (default %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the per-image noise (default %(default)s)")
+    b.set_defaults(func=_cmd_bench_robustness)
+
+
 def register(sub: Subparsers) -> None:
-    """Add ``bench`` and its subcommands ``serving``, ``compress`` and ``controller`` to the ``polyhead`` parser.
+    """Add ``bench`` and its subcommands ``serving``, ``compress``, ``controller``, ``robustness`` to the parser.
 
     Args:
         sub: The top-level subparsers.
     """
     bench = sub.add_parser("bench", help="benchmarks (tables; --json for scripts)")
     subcommands = bench.add_subparsers(dest="bench_command", required=True)
-    for add in (_add_serving, _add_compress, _add_controller):
+    for add in (_add_serving, _add_compress, _add_controller, _add_robustness):
         add(subcommands)

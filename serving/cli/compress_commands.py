@@ -48,9 +48,14 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     settings = CompressSettings(rounds=args.rounds)
     settings = replace(settings, prune=replace(settings.prune, ratio=args.prune_ratio, steps=args.finetune_steps,
                                                response_weight=args.response_weight))
-    report = run_compress(args.workdir, tolerance=args.tolerance, settings=settings, log=print, device=args.device)
+    report = run_compress(args.workdir, tolerance=args.tolerance, settings=settings, log=print, device=args.device,
+                          robustness_tolerance=args.robustness_tolerance)
     for line in format_catalogue(report.catalogue):
         print(line)
+    for name, row in report.catalogue["variants"].items() if args.robustness_tolerance is not None else ():
+        if row["rpc"] is not None:
+            print(f"{name}: rPC {row['rpc']:.3f}, {_fmt(row['rpc_drop'], '+.2f')} points under the reference's"
+                  + ("" if row["admitted"] or "rPC" not in row["reason"] else " - not admitted"))
     print(f"built {', '.join(report.built) or 'nothing (all up to date)'} in {report.seconds:.0f} s; "
           f"catalogue: {report.path}")
     return 0
@@ -66,6 +71,9 @@ def register(sub: Subparsers) -> None:
     add_workdir(c)
     c.add_argument("--tolerance", type=float, default=1.0,
                    help="max mAP@[.5:.95] loss in points on any task for a variant to be admitted (default 1.0)")
+    c.add_argument("--robustness-tolerance", type=float, default=None, metavar="P",
+                   help="also measure robustness under common corruptions and admit only variants whose rPC "
+                        "(mPC / clean mAP) is at most P points (100 x rPC) under the reference's (default: off)")
     from transfer.compression.prune import PruneSettings
 
     defaults = PruneSettings()

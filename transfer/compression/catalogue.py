@@ -1,7 +1,8 @@
 """The variant catalogue's rules: admission, the latency/accuracy Pareto set per device, the benchmark summary.
 
 Admission is against the reference trunk and does not depend on the device: a variant's accuracy
-(mAP drop vs ``tolerance``) and its parity are the same wherever it runs. The Pareto set does: it is
+(mAP drop vs ``tolerance``), its parity and, when asked, its robustness (rPC drop vs
+``robustness_tolerance``) are the same wherever it runs. The Pareto set does: it is
 computed per ``latency_ms`` key, over the admitted variants measured on that device only (never two
 devices in one comparison), and recorded as ``pareto_by_device: {key: bool}`` (``pareto`` stays the
 flag of the device the catalogue was built on, for older readers). The benchmark compares the best
@@ -36,6 +37,20 @@ def admit(drop: float | None, tolerance: float) -> tuple[bool, str]:
         return False, "not every head was evaluated on it"
     if drop > tolerance + EPS:
         return False, f"loses {drop:.2f} mAP points on its worst task (tolerance {tolerance:g})"
+    return True, ""
+
+
+def rpc_drop_points(rpc: float | None, reference_rpc: float | None) -> float | None:
+    """Robustness lost in points: ``100 x (reference_rpc - rpc)`` (rPC = mPC / clean mAP); ``None`` if either is."""
+    return None if rpc is None or reference_rpc is None else 100.0 * (reference_rpc - rpc)
+
+
+def admit_robustness(drop: float | None, tolerance: float) -> tuple[bool, str]:
+    """Robustness rule (``compress --robustness-tolerance``): rPC at most ``tolerance`` points under the reference's."""
+    if drop is None:
+        return False, "robustness (rPC) not measured on it or on the reference"
+    if drop > tolerance + EPS:
+        return False, f"loses {drop:.2f} rPC points under corruptions (robustness tolerance {tolerance:g})"
     return True, ""
 
 
@@ -102,7 +117,8 @@ def _row(meta: dict, device: str, tasks: Sequence[str]) -> dict:
 
 
 def build_catalogue(
-    metas: Mapping[str, dict], reference: str, tolerance: float, device: str, tasks: Sequence[str]
+    metas: Mapping[str, dict], reference: str, tolerance: float, device: str, tasks: Sequence[str],
+    robustness_tolerance: float | None = None,
 ) -> dict:
     """The catalogue: one row per variant with metrics, ``max_map_drop``, ``admitted`` and Pareto flags.
 
@@ -116,6 +132,8 @@ def build_catalogue(
         tolerance: Max mAP loss in points on any task.
         device: Key of the latency measurements the rows show (the device `compress` ran on).
         tasks: Heads that must be evaluated on a variant for it to be admitted.
+        robustness_tolerance: Max rPC loss in points (:func:`rpc_drop_points`) vs the reference's
+            ``robustness`` entry; ``None``: robustness plays no part. Rows get ``rpc`` and ``rpc_drop`` either way.
     """
     if reference not in metas:
         raise ArtifactError(f"the catalogue needs the {reference!r} variant; run `polyhead train`")
@@ -129,6 +147,10 @@ def build_catalogue(
             row["admitted"], row["reason"] = False, metas[name]["parity_problem"]
         if metas[name].get("role") == "teacher":  # other heads: never served
             row["admitted"], row["reason"] = False, "teacher trunk"
+        row["rpc"] = (metas[name].get("robustness") or {}).get("rpc")
+        row["rpc_drop"] = rpc_drop_points(row["rpc"], (metas[reference].get("robustness") or {}).get("rpc"))
+        if robustness_tolerance is not None and row["admitted"] and name != reference:
+            row["admitted"], row["reason"] = admit_robustness(row["rpc_drop"], robustness_tolerance)
     admitted = [n for n, r in rows.items() if r["admitted"]]
     keys = dict.fromkeys([device, *(k for m in metas.values() for k in (m.get("latency_ms") or {}))])
     flags = {key: device_pareto(metas, admitted, key, tasks) for key in keys}
@@ -137,8 +159,9 @@ def build_catalogue(
         row["pareto"] = row["pareto_by_device"].get(device, False)
     fronts = {key: sorted((n for n, on in f.items() if on), key=lambda n, k=key: latency_of(metas[n], k))
               for key, f in flags.items()}
-    return {"reference": reference, "tolerance_points": tolerance, "device": device, "tasks": list(tasks),
-            "variants": rows, "pareto": fronts[device], "pareto_by_device": fronts}
+    return {"reference": reference, "tolerance_points": tolerance, "robustness_tolerance_points": robustness_tolerance,
+            "device": device, "tasks": list(tasks), "variants": rows, "pareto": fronts[device],
+            "pareto_by_device": fronts}
 
 
 def best_admitted(catalogue: dict) -> str:
