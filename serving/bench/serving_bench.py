@@ -56,7 +56,7 @@ from serving.bench.load_generator import ClosedLoopLoad, interleaved, percentile
 from serving.triton import model_configs as mcfg
 from serving.triton.embedded_server import EmbeddedTriton, free_port
 from serving.triton.model_names import FANOUT_MODEL
-from serving.triton.processes import group_memory_mib
+from serving.triton.processes import group_cpu_s, group_memory_mib
 from serving.triton.repository import build_repository
 from shared.artifacts import read_json, sha256_file
 from shared.workspace import Workspace
@@ -113,12 +113,28 @@ def _load_block(url: str, models: list[str], image: np.ndarray, concurrency: int
     return {"ok": load.ok, "failed": load.failed, "elapsed_s": load.elapsed_s, "latencies_s": load.latencies_s()}
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far: the load generator's clients."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _summary(blocks: list[dict]) -> dict:
-    """One concurrency's blocks together: ``{"img_per_s", "p50_ms", "p95_ms", "errors", "blocks"}``."""
+    """One concurrency's blocks together.
+
+    Returns:
+        ``{"img_per_s", "p50_ms", "p95_ms", "errors", "blocks", "server_cpu_ms_per_image",
+        "client_cpu_ms_per_image"}``: CPU per image of the server's processes and of this process
+        (the gRPC clients), where the blocks measured it.
+    """
     latencies = [x for b in blocks for x in b["latencies_s"]]
-    return {"img_per_s": sum(b["ok"] for b in blocks) / max(sum(b["elapsed_s"] for b in blocks), 1e-9),
-            **percentiles_ms(latencies, (50, 95)), "errors": sum(b["failed"] for b in blocks),
-            "blocks": len(blocks)}
+    ok = max(sum(b["ok"] for b in blocks), 1)
+    out = {"img_per_s": sum(b["ok"] for b in blocks) / max(sum(b["elapsed_s"] for b in blocks), 1e-9),
+           **percentiles_ms(latencies, (50, 95)), "errors": sum(b["failed"] for b in blocks), "blocks": len(blocks)}
+    for key in ("server", "client"):
+        if all(f"{key}_cpu_s" in b for b in blocks):
+            out[f"{key}_cpu_ms_per_image"] = 1000 * sum(b[f"{key}_cpu_s"] for b in blocks) / ok
+    return out
 
 
 def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray, layout: str) -> Callable[[], None]:
@@ -194,7 +210,11 @@ def _measure_sides(sides: dict[str, tuple[Path, list[str]]], image: np.ndarray, 
         for b in range(blocks):
             for name in names[b % len(names):] + names[: b % len(names)]:
                 for c in levels:
-                    raw[name][c].append(_load_block(servers[name].url, sides[name][1], image, c, seconds / blocks))
+                    server_cpu, client_cpu = group_cpu_s(servers[name].pid), _own_cpu_s()
+                    block = _load_block(servers[name].url, sides[name][1], image, c, seconds / blocks)
+                    block["server_cpu_s"] = group_cpu_s(servers[name].pid) - server_cpu
+                    block["client_cpu_s"] = _own_cpu_s() - client_cpu
+                    raw[name][c].append(block)
         for name in names:
             runs = {c: _summary(raw[name][c]) for c in levels}
             best = max(levels, key=lambda c: runs[c]["img_per_s"])
@@ -212,6 +232,12 @@ def _versus(side: dict, independent: dict) -> dict:
     return {**side, "speedup": side["img_per_s"] / max(independent["img_per_s"], 1e-9),
             "rss_fraction": side["rss_mib"] / max(independent["rss_mib"], 1e-9),
             "pss_fraction": side["pss_mib"] / max(independent["pss_mib"], 1e-9)}
+
+
+def _cpu(side: dict) -> float | None:
+    """Server + client CPU ms per image at ``side``'s peak concurrency (``None`` when not measured)."""
+    parts = [side.get("server_cpu_ms_per_image"), side.get("client_cpu_ms_per_image")]
+    return None if None in parts else sum(parts)
 
 
 def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inprocess: dict,
@@ -237,6 +263,12 @@ def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inpro
         "fraction_of_ceiling": vs_inprocess / ceiling,
         "trunk_ms": cost["trunk_ms"],
         "head_ms": cost["head_ms"],
+        # CPU per image at each side's peak (server processes + the clients) beside the compute
+        # the ceiling counts: what is left is per-request cost the ceiling leaves out
+        "shared_cpu_ms_per_image": _cpu(shared),
+        "inprocess_cpu_ms_per_image": _cpu(inprocess),
+        "shared_compute_ms_per_image": cost["trunk_ms"] + n * cost["head_ms"],
+        "inprocess_compute_ms_per_image": n * (cost["trunk_ms"] + cost["head_ms"]),
         "shared_rss_mb": shared["rss_mib"],
         "independent_rss_mb": independent["rss_mib"],
         "inprocess_rss_mb": inprocess["rss_mib"],

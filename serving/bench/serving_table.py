@@ -5,14 +5,19 @@ from __future__ import annotations
 from serving.triton import model_configs as mcfg
 
 
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def format_table(result: dict) -> str:
     """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
     others = [x for x in mcfg.HEADS_LAYOUTS if x != result["heads_layout"]]
     lines = ["| N tasks | shared img/s (clients) | in-process img/s | speed-up vs in-process / ceiling "
-             "(fraction) | independent img/s (clients) | speed-up | shared p50 / p95 ms "
+             "(fraction) | CPU ms/img shared / in-process (compute) | independent img/s (clients) | speed-up "
+             "| shared p50 / p95 ms "
              "| independent p95 ms | RSS shared / independent MiB | PSS shared / independent MiB | Triton / ort p50 ms "
              + "".join(f"| {x} img/s, RSS / PSS MiB " for x in others) + "| errors |",
-             "|---" * (12 + len(others)) + "|"]
+             "|---" * (13 + len(others)) + "|"]
     for r in result["rows"]:
         errors = (r["independent"]["errors"] + r["inprocess"]["errors"]
                   + sum(side["errors"] for side in r["layouts"].values()))
@@ -22,6 +27,8 @@ def format_table(result: dict) -> str:
             f"| {r['tasks']} | {r['shared_images_per_s']:.1f} ({r['shared']['concurrency']}) | "
             f"{r['inprocess_images_per_s']:.1f} ({r['inprocess']['concurrency']}) | "
             f"{r['speedup_vs_inprocess']:.2f}x / {r['ceiling_speedup']:.2f}x ({r['fraction_of_ceiling']:.0%}) | "
+            f"{_ms(r['shared_cpu_ms_per_image'])} ({r['shared_compute_ms_per_image']:.1f}) / "
+            f"{_ms(r['inprocess_cpu_ms_per_image'])} ({r['inprocess_compute_ms_per_image']:.1f}) | "
             f"{r['independent_images_per_s']:.1f} ({r['independent']['concurrency']}) | "
             f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
             f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "

@@ -51,6 +51,22 @@ def group_processes(pgid: int) -> list[int]:
     return pids
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by every live process of group ``pgid``.
+
+    Differences of two calls are the group's CPU time in between (a process that exited in
+    between is missing from the second call: measure over steady loads).
+    """
+    total = 0
+    for pid in group_processes(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def group_memory_mib(pgid: int) -> dict[str, float]:
     """RSS and PSS (MiB) summed over every live process of group ``pgid``, and their count.
 

@@ -37,7 +37,10 @@ def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_p
         assert row["layouts"]["per_task"]["processes"] == 2 + row["tasks"]
         assert row["independent"]["processes"] == 1 + row["tasks"]
         assert row["inprocess"]["processes"] == 2  # N detectors, one backend process
+        # CPU per image: the server's processes and the clients did work for every image
+        assert row["shared_cpu_ms_per_image"] > 0 and row["inprocess_cpu_ms_per_image"] > 0
         n, t, h = row["tasks"], cost["trunk_ms"], cost["head_ms"]
+        assert row["inprocess_compute_ms_per_image"] == pytest.approx(n * (t + h))
         assert row["ceiling_speedup"] == pytest.approx(n * (t + h) / (t + n * h))
         assert row["fraction_of_ceiling"] == pytest.approx(
             row["shared_images_per_s"] / row["inprocess_images_per_s"] / row["ceiling_speedup"])
