@@ -24,6 +24,7 @@ from serving.cli import (
     report_command,
     serving_commands,
     training_commands,
+    variant_command,
 )
 from shared.errors import PolyheadError
 
@@ -41,6 +42,7 @@ COMMAND_GROUPS = (
     measure_command.register,  # measure
     monitor_commands.register,  # monitor, optimize
     report_command.register,  # report
+    variant_command.register,  # variant show | set
 )
 
 

@@ -39,7 +39,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from serving.client.predict import PredictOptions, SkippedFile, predict
 
     options = PredictOptions(tasks=_tasks(args.tasks), conf=args.conf, concurrency=args.concurrency,
-                             save_dir=Path(args.save) if args.save else None)
+                             save_dir=Path(args.save) if args.save else None, variant=args.variant)
     paths = list_images(args.source)
 
     def skipped(s: SkippedFile) -> None:
@@ -106,4 +106,6 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", metavar="FILE", help="write the detections here in COCO results format")
     p.add_argument("--concurrency", type=int, default=4, help="images in flight at once (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0, help="per-call deadline in seconds (default: %(default)s)")
+    p.add_argument("--variant", help="trunk variant to run (a server exported with --variants per-request): a held "
+                                     "variant, or auto (the server picks per request); default: the server's default")
     p.set_defaults(func=_cmd_predict)

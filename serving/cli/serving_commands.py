@@ -41,11 +41,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     options = RepositoryOptions(backend=args.backend, dynamic_batching=args.dynamic_batching, tensorrt=args.tensorrt,
                                 max_batch_size=args.max_batch_size, device=args.device,
-                                heads_layout=args.heads_layout or default_layout(args.backend))
+                                heads_layout=args.heads_layout or default_layout(args.backend),
+                                variants=args.variants.replace("-", "_"))
     summary = build_repository(Path(args.workdir), options=options)
     versions = ", ".join(f"{v}={n}" for v, n in summary.trunk_versions.items())
     opts = summary.options
     where = f", {opts.device}" if opts.backend == "python" else ""
+    where += ", every variant per request" if opts.variants == "per_request" else ""
     print(f"wrote {summary.path} ({opts.backend} backend{where}, {opts.heads_layout.replace('_', '-')} heads, "
           f"input {summary.input_size}): trunk versions {versions}; tasks {', '.join(summary.tasks)}")
     print(f"models: {', '.join(summary.models)}")
@@ -134,6 +136,10 @@ def register(sub: Subparsers) -> None:
                      "per-task: one head_<task> model each; shared: one `heads` model hosting every head; "
                      "in-trunk: the trunk model hosts every head (shared and in-trunk: python backend only; "
                      "docs/benchmarks.md compares them) (default: in-trunk for python, per-task for onnxruntime)")
+    e.add_argument("--variants", choices=("versions", "per-request"), default="versions",
+                   help="versions: one trunk version per variant, the controller reloads to switch; per-request "
+                        "(in-trunk only): the trunk holds every variant, a request picks one (predict --variant) "
+                        "and `polyhead variant set` changes the default without reload (default: %(default)s)")
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("serve", help="run the embedded Triton server on the workspace's repository")

@@ -8,6 +8,6 @@ and ``coco_results`` also reads files with ``transfer.data.images`` (Pillow, no 
 """
 
 from serving.client.detector import AsyncDetector, Detector
-from serving.client.protocol import Detection, ImageResult, UnknownTaskError
+from serving.client.protocol import Detection, ImageResult, UnknownTaskError, UnknownVariantError
 
-__all__ = ["AsyncDetector", "Detection", "Detector", "ImageResult", "UnknownTaskError"]
+__all__ = ["AsyncDetector", "Detection", "Detector", "ImageResult", "UnknownTaskError", "UnknownVariantError"]

@@ -25,7 +25,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from serving.client import protocol as core
-from serving.client.protocol import ImageResult, UnknownTaskError
+from serving.client.protocol import NOT_HELD_MARK, ImageResult, UnknownTaskError, UnknownVariantError
 from serving.triton.model_control import is_restricted_error
 from serving.triton.model_names import FANOUT_MODEL, TRUNK_MODEL, task_model, task_of_model
 from shared.errors import ServingError
@@ -94,6 +94,8 @@ class _Base:
                 f"server {self.url} unavailable after {self.retries + 1} attempts "
                 f"(model '{model}'): {err.message()}; is it running?"
             )
+        if NOT_HELD_MARK in str(err.message()):
+            return UnknownVariantError(f"model '{model}' at {self.url}: {err.message()}")
         return ServingError(f"model '{model}' at {self.url} failed: {err.message()}")
 
     def _inputs(self, batch: np.ndarray) -> list:
@@ -182,12 +184,17 @@ class Detector(_Base):
             return self._set_index(core.ready_from_statistics(stats))
         return list(self._tasks or ())
 
-    def detect(self, images: object, tasks: str | Sequence[str] | None = None) -> list[ImageResult]:
+    def detect(
+        self, images: object, tasks: str | Sequence[str] | None = None, variant: str | None = None
+    ) -> list[ImageResult]:
         """Detect objects in one image or a list of images.
 
         Args:
             images: ``[H, W, 3]`` uint8 RGB array, PIL image, ``[N, H, W, 3]`` array, or a list.
             tasks: ``None`` (every served task, one fan-out call), a task name, or a list of names.
+            variant: Trunk variant to run (a repository built with ``--variants per-request``): a
+                held variant, ``"auto"`` (the server picks the most accurate one its queue allows),
+                or ``None``: the server's default (the controller's choice).
 
         Returns:
             One :class:`ImageResult` per image (always a list), boxes in original pixels.
@@ -195,9 +202,11 @@ class Detector(_Base):
         Raises:
             InputError: Bad image (type, dtype, shape).
             UnknownTaskError: A task that is not served (lists the served ones).
+            UnknownVariantError: A variant the server does not hold (lists the held ones).
             ServingError: Server unreachable, timeout, or a model error (names the model).
         """
         arrays = core.to_images(images)
+        parameters = core.request_parameters(variant)
         self.tasks()
         configs = self._configs
         if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in configs:
@@ -216,17 +225,18 @@ class Detector(_Base):
         results: list[dict] = [{} for _ in arrays]
         for plan in plans:
             for s, e in self._chunks(plan, len(arrays), configs):
-                outputs = self._infer(plan, batch[s:e])
+                outputs = self._infer(plan, batch[s:e], parameters)
                 self._collect(results, plan, s, outputs, infos[s:e], configs)
         return [ImageResult({t: r[t] for t in wanted}) for r in results]
 
     def _config(self, model: str) -> object:
         return self._call(model, self._client.get_model_config, model).config
 
-    def _infer(self, plan: core.ModelPlan, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, plan: core.ModelPlan, batch: np.ndarray, parameters: dict) -> dict[str, np.ndarray]:
         names = plan.output_names()
         outs = [grpcclient.InferRequestedOutput(n) for n in names]
-        result = self._call(plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs)
+        result = self._call(plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs,
+                            parameters=parameters or None)
         return {n: result.as_numpy(n) for n in names}
 
 
@@ -271,9 +281,12 @@ class AsyncDetector(_Base):
             return self._set_index(core.ready_from_statistics(stats))
         return list(self._tasks or ())
 
-    async def detect(self, images: object, tasks: str | Sequence[str] | None = None) -> list[ImageResult]:
+    async def detect(
+        self, images: object, tasks: str | Sequence[str] | None = None, variant: str | None = None
+    ) -> list[ImageResult]:
         """Async :meth:`Detector.detect`; batches of one call run concurrently."""
         arrays = core.to_images(images)
+        parameters = core.request_parameters(variant)
         await self.tasks()
         configs = self._configs
         if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in configs:
@@ -291,7 +304,7 @@ class AsyncDetector(_Base):
         batch, infos = core.prepare_batch(arrays, self._size(configs))
         results: list[dict] = [{} for _ in arrays]
         jobs = [(plan, s, e) for plan in plans for s, e in self._chunks(plan, len(arrays), configs)]
-        outputs = await asyncio.gather(*(self._infer(p, batch[s:e]) for p, s, e in jobs))
+        outputs = await asyncio.gather(*(self._infer(p, batch[s:e], parameters) for p, s, e in jobs))
         for (plan, s, e), out in zip(jobs, outputs, strict=True):
             self._collect(results, plan, s, out, infos[s:e], configs)
         return [ImageResult({t: r[t] for t in wanted}) for r in results]
@@ -299,10 +312,11 @@ class AsyncDetector(_Base):
     async def _config(self, model: str) -> object:
         return (await self._call(model, self._client.get_model_config, model)).config
 
-    async def _infer(self, plan: core.ModelPlan, batch: np.ndarray) -> dict[str, np.ndarray]:
+    async def _infer(self, plan: core.ModelPlan, batch: np.ndarray, parameters: dict) -> dict[str, np.ndarray]:
         names = plan.output_names()
         outs = [aioclient.InferRequestedOutput(n) for n in names]
         result = await self._call(
-            plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs
+            plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs,
+            parameters=parameters or None,
         )
         return {n: result.as_numpy(n) for n in names}

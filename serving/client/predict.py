@@ -45,12 +45,15 @@ class PredictOptions:
         conf: Smallest score kept, in ``[0, 1]`` (the heads already drop scores under their own threshold).
         concurrency: Images in flight at once (threads, one gRPC client each).
         save_dir: Where to write each image with its detections drawn; ``None``: no drawings.
+        variant: Trunk variant every request asks for (``Detector.detect``'s ``variant``: a held
+            variant or ``"auto"``, repositories built with ``--variants per-request``); ``None``: the server's default.
     """
 
     tasks: tuple[str, ...] | None = None
     conf: float = 0.25  # the usual display threshold; the heads return scores from 0.05
     concurrency: int = 4
     save_dir: Path | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf <= 1.0:
@@ -148,7 +151,7 @@ class _Worker:
         except DataError as err:
             return SkippedFile(image_id, path, f"not a readable image ({err.__cause__ or err})")
         try:
-            [result] = self._detector().detect(image, self._tasks)
+            [result] = self._detector().detect(image, self._tasks, variant=self._options.variant)
         except InputError as err:  # e.g. an image of no pixels
             return SkippedFile(image_id, path, str(err))
         conf = self._options.conf

@@ -20,6 +20,30 @@ class UnknownTaskError(PolyheadError, LookupError):
     """A requested task is not served; the message lists the served tasks."""
 
 
+class UnknownVariantError(PolyheadError, LookupError):
+    """A requested trunk variant is not held by the server; the message lists the held variants."""
+
+
+#: What the per-request variants backend answers for a variant it does not hold (it then lists them).
+NOT_HELD_MARK = "is not held; held variants"
+
+
+def request_parameters(variant: str | None) -> dict[str, str]:
+    """The inference request parameters that ask for trunk ``variant`` (``{}`` for the server's default).
+
+    Args:
+        variant: A variant the server holds, ``"auto"`` (the server chooses per request), or ``None``.
+
+    Raises:
+        InputError: ``variant`` is not ``None`` nor a non-empty string.
+    """
+    if variant is None:
+        return {}
+    if not isinstance(variant, str) or not variant:
+        raise InputError(f"variant must be None or a variant name such as 'pruned-r1' (or 'auto'), got {variant!r}")
+    return {"variant": variant}
+
+
 @dataclass(frozen=True)
 class Detection:
     """One detected object.

@@ -41,6 +41,8 @@ HEADS_MODEL = SHARED_HEADS_MODEL  # the one model hosting every head (shared lay
 IN_TRUNK_HEADS_DIR = "heads"  # in_trunk layout: trunk/heads/<generation>/<task>.onnx
 _BACKENDS = ("python", "onnxruntime")
 HEADS_LAYOUTS = ("per_task", "shared", "in_trunk")
+#: How the trunk's variants are served: one Triton version each (the controller reloads), or all at once.
+VARIANT_MODES = ("versions", "per_request")
 #: Layout-dependent defaults: onnxruntime intra-op threads of a trunk instance.
 TRUNK_THREADS = {"per_task": 2, "shared": 2, "in_trunk": 1}
 
@@ -75,6 +77,9 @@ class RepositoryOptions:
         device: python backend only: ``"cpu"`` (CPU instances, CPUExecutionProvider) or ``"cuda"``
             (``KIND_AUTO`` instances, TensorRT then CUDA then CPU execution providers, see
             :mod:`serving.triton.execution_providers`); the onnxruntime backend always uses the GPU.
+        variants: ``"versions"`` (one Triton version per variant, one live; switching reloads
+            ``trunk``) or ``"per_request"`` (``in_trunk`` only: the trunk holds every variant at
+            once and takes the variant per request, see :mod:`serving.triton.per_request_variants`).
     """
 
     backend: str = "python"
@@ -91,6 +96,7 @@ class RepositoryOptions:
     heads_layout: str = "per_task"
     request_workers: int = 2
     device: str = "cpu"
+    variants: str = "versions"
 
     def __post_init__(self) -> None:
         if self.heads_layout not in HEADS_LAYOUTS:
@@ -121,8 +127,16 @@ class RepositoryOptions:
             )
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+        self._check_variants()
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision must be FP16 or FP32, got {self.tensorrt_precision!r}")
+
+    def _check_variants(self) -> None:
+        if self.variants not in VARIANT_MODES:
+            raise ConfigError(f"variants must be one of {VARIANT_MODES}, got {self.variants!r}")
+        if self.variants == "per_request" and self.heads_layout != "in_trunk":
+            raise ConfigError(f"variants='per_request' needs heads_layout='in_trunk' (the trunk model hosts the "
+                              f"heads every variant feeds), got heads_layout={self.heads_layout!r}")
 
 
 def _tensor(coll, name: str, dtype: int, dims: list[int]) -> None:  # noqa: ANN001 (protobuf repeated)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.triton import model_configs as mcfg
+from serving.triton import per_request_variants as per_request
 from serving.triton.model_names import FANOUT_MODEL, TRUNK_MODEL, head_model, task_model
 from serving.triton.workspace_artifacts import (
     HeadArtifact,
@@ -161,16 +162,18 @@ def build_repository(
             trunk = by_variant[variant]
             verify_sha256(trunk.onnx, trunk.sha256, f"re-export trunk variant '{variant}' (polyhead export)")
             _place_leaf(trunk.onnx, tmp / TRUNK_MODEL / str(version), opts)
+            if opts.variants == "per_request":
+                per_request.place_backend(tmp / TRUNK_MODEL / str(version))
         shas = {v: by_variant[n].sha256 for v, n in versions.items()}  # checked by the backend at load
         precisions = {v: by_variant[n].meta.get("precision") or "fp32" for v, n in versions.items()}
         in_trunk = opts.heads_layout == "in_trunk"
         if in_trunk:
             _write_head_files(tmp / TRUNK_MODEL / mcfg.IN_TRUNK_HEADS_DIR / "1", heads, {})
-        mcfg.write_config(
-            mcfg.trunk_config(input_size, channels, versions, opts, live, shas, heads if in_trunk else None,
-                              precisions=precisions),
-            tmp / TRUNK_MODEL / "config.pbtxt",
-        )
+        trunk_cfg = mcfg.trunk_config(input_size, channels, versions, opts, live, shas, heads if in_trunk else None,
+                                      precisions=precisions)
+        if opts.variants == "per_request":
+            per_request.configure_trunk(trunk_cfg, trunks)
+        mcfg.write_config(trunk_cfg, tmp / TRUNK_MODEL / "config.pbtxt")
         if opts.heads_layout == "shared":
             _write_shared_heads(tmp / mcfg.HEADS_MODEL, 1, heads, channels, opts, {})
         for head in heads:

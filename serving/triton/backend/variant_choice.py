@@ -1,0 +1,188 @@
+"""Which trunk variant answers a request in the per-request variants mode (runs in Triton's python stub).
+
+Copied next to the backend's ``model.py`` and ``variants_model.py``; it imports neither polyhead
+nor Triton, so it is tested on its own.
+
+A request names its variant with the request parameter ``variant`` (a held variant, or
+``auto``) and may carry its own ``objective_ms``. Without ``variant`` the repository's default
+applies: the file ``<repository>/live_variant.json``
+``{"variant": "<name>" | "auto", "objective_ms": <number or null>, "headroom": <0..1>}``, written
+atomically (temp file, rename) by the controller. The backend stats it at every ``execute`` and
+re-reads it when its mtime or size changed, so a new default takes effect on the next execute,
+with no model reload and no model-control call. Without the file (or a malformed one) the
+default is ``fallback``: the variant of the trunk version Triton loaded.
+
+``auto`` picks, per execute, the most accurate variant whose predicted latency fits
+``headroom x objective``, else the fastest one. The prediction for ``d`` requests in this execute
+(the dynamic batcher hands the backend every queued request, so ``d`` is the queue depth) is::
+
+    execute_ms(v, d) = scale x (b1 + (b8 - b1) x (d - 1) / 7)     # variant.json latency_ms, linear in d
+    predicted_ms(v, d) = execute_ms(v, d) + wait    # wait: previous execute's wall time, less the idle gap since
+
+where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
+(extrapolated past 8) and ``scale`` is learned online: an exponential average of measured wall
+time / ``execute_ms`` over the executes run (heads, transport inside the server and this host's
+speed are in it), starting at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Name of the default-variant file at the repository root.
+LIVE_VARIANT_FILE = "live_variant.json"
+#: The ``variant`` value that lets the backend choose.
+AUTO = "auto"
+#: Fraction of the objective a prediction may use by default (the rest: transport, client, noise).
+DEFAULT_HEADROOM = 0.8
+_SCALE_ALPHA, _SCALE_RANGE = 0.2, (0.1, 20.0)
+
+
+@dataclass(frozen=True)
+class HeldVariant:
+    """One variant the backend holds.
+
+    Attributes:
+        name: Variant name.
+        accuracy: Mean mAP over the tasks every held variant was evaluated on (higher first).
+        b1_ms: Latency at batch 1 on the comparison device (``None``: unknown).
+        b8_ms: Latency at batch 8 (``None``: ``8 x b1``).
+    """
+
+    name: str
+    accuracy: float
+    b1_ms: float | None = None
+    b8_ms: float | None = None
+
+    def execute_ms(self, depth: int, scale: float = 1.0) -> float | None:
+        """Predicted wall time of one execute of ``depth`` requests (``None``: no latency figure)."""
+        if self.b1_ms is None:
+            return None
+        b8 = self.b8_ms if self.b8_ms is not None else 8 * self.b1_ms
+        return scale * (self.b1_ms + (b8 - self.b1_ms) * (max(depth, 1) - 1) / 7)
+
+
+@dataclass(frozen=True)
+class Default:
+    """The default for requests without ``variant`` (see the module docstring)."""
+
+    variant: str
+    objective_ms: float | None = None
+    headroom: float = DEFAULT_HEADROOM
+
+
+class VariantChoice:
+    """Resolves each request's variant: its parameter, else the default file, else ``fallback``.
+
+    Args:
+        held: The variants held (any order; kept most accurate first).
+        fallback: Default when the file is absent or malformed.
+        live_file: The default-variant file (``<repository>/live_variant.json``).
+
+    Raises:
+        ValueError: ``fallback`` is not held, or ``held`` is empty.
+    """
+
+    def __init__(self, held: list[HeldVariant], fallback: str, live_file: Path) -> None:
+        if not held:
+            raise ValueError("per-request variants: no variant held; rebuild the repository")
+        self.held = sorted(held, key=lambda v: (-v.accuracy, v.name))
+        self.by_name = {v.name: v for v in self.held}
+        if fallback not in self.by_name:
+            raise ValueError(f"default variant {fallback!r} is not held; held variants: {self.names()}")
+        self.fallback, self.live_file = Default(fallback), Path(live_file)
+        self.default, self._stamp = self.fallback, None
+        self.scale, self.last_execute_ms, self._last_end = 1.0, 0.0, 0.0
+
+    def names(self) -> list[str]:
+        """Held variant names, most accurate first."""
+        return [v.name for v in self.held]
+
+    def refresh(self) -> Default:
+        """Re-read the default file if its mtime or size changed since the last read; return the default."""
+        try:
+            st = os.stat(self.live_file)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self.default = self._read() if stamp is not None else self.fallback
+        return self.default
+
+    def _read(self) -> Default:
+        try:
+            data = json.loads(self.live_file.read_text())
+            default = Default(str(data["variant"]), _objective(data.get("objective_ms")),
+                              float(data.get("headroom", DEFAULT_HEADROOM)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.fallback
+        return default if default.variant == AUTO or default.variant in self.by_name else self.fallback
+
+    def pick(self, parameters: dict, depth: int) -> str:
+        """The variant of one request of an execute holding ``depth`` requests.
+
+        Args:
+            parameters: The request's parameters (``variant``, ``objective_ms``; others ignored).
+            depth: Requests in this execute (the queue depth the batcher handed over).
+
+        Raises:
+            ValueError: The request names a variant that is not held (the message lists the held ones).
+        """
+        default = self.refresh()
+        name = parameters.get("variant", default.variant)
+        if not isinstance(name, str) or (name != AUTO and name not in self.by_name):
+            raise ValueError(f"variant {name!r} is not held; held variants: {self.names()} (or '{AUTO}')")
+        if name != AUTO:
+            return name
+        objective = _objective(parameters.get("objective_ms", default.objective_ms))
+        return self.fitting(depth, objective, default.headroom)
+
+    def predicted_ms(self, variant: str, depth: int) -> float | None:
+        """Predicted latency of a request served by ``variant`` in an execute of ``depth`` requests."""
+        execute = self.by_name[variant].execute_ms(depth, self.scale)
+        wait = max(0.0, self.last_execute_ms - 1e3 * (time.monotonic() - self._last_end))  # requests queued behind it
+        return None if execute is None else execute + wait
+
+    def fitting(self, depth: int, objective_ms: float | None, headroom: float = DEFAULT_HEADROOM) -> str:
+        """Most accurate variant predicted within ``headroom x objective_ms``; else the fastest.
+
+        Without an objective or latency figures: the most accurate variant.
+        """
+        predicted = {v.name: self.predicted_ms(v.name, depth) for v in self.held}
+        if objective_ms is None or None in predicted.values():
+            return self.held[0].name
+        for v in self.held:
+            if predicted[v.name] <= headroom * objective_ms:
+                return v.name
+        return min(self.held, key=lambda v: predicted[v.name]).name
+
+    def observe(self, depths: dict[str, int], wall_ms: float) -> None:
+        """Fold one execute in: ``depths`` (variant -> requests it ran) took ``wall_ms``."""
+        raw = [self.by_name[n].execute_ms(d) for n, d in depths.items()]
+        self.last_execute_ms, self._last_end = wall_ms, time.monotonic()
+        if raw and None not in raw and sum(raw) > 0:
+            ratio = min(max(wall_ms / sum(raw), _SCALE_RANGE[0]), _SCALE_RANGE[1])
+            self.scale += _SCALE_ALPHA * (ratio - self.scale)
+
+
+def _objective(value: object) -> float | None:
+    """A positive number of milliseconds, else ``None``."""
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        return None
+    return ms if ms > 0 else None
+
+
+def parse_parameters(text: str | None) -> dict:
+    """A request's parameters (``request.parameters()``: a JSON object text) as a dict ({} if none)."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

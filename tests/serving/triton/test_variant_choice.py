@@ -1,0 +1,75 @@
+"""The per-request variant choice of the backend (``backend/variant_choice.py``), on its own: no server."""
+
+import json
+import os
+
+import pytest
+
+from serving.triton.backend.variant_choice import AUTO, HeldVariant, VariantChoice, parse_parameters
+
+HELD = [HeldVariant("light", 0.40, 5.0, 30.0), HeldVariant("accurate", 0.60, 10.0, 66.0)]
+
+
+@pytest.fixture()
+def choice(tmp_path):
+    return VariantChoice(HELD, "accurate", tmp_path / "live_variant.json")
+
+
+def write(path, **data):
+    path.write_text(json.dumps(data))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a new mtime even within one clock tick
+
+
+def test_latency_is_interpolated_linearly_between_batch_1_and_8_and_extrapolated_past_it():
+    v = HeldVariant("x", 0.5, 10.0, 66.0)
+    assert v.execute_ms(1) == 10.0 and v.execute_ms(8) == 66.0
+    assert v.execute_ms(4) == pytest.approx(34.0)
+    assert v.execute_ms(15) == pytest.approx(122.0)
+    assert v.execute_ms(4, scale=2.0) == pytest.approx(68.0)
+    assert HeldVariant("y", 0.5).execute_ms(3) is None
+
+
+def test_a_named_variant_is_served_and_an_unknown_one_is_refused_naming_the_held_ones(choice):
+    assert choice.pick({"variant": "light"}, 1) == "light"
+    with pytest.raises(ValueError, match=r"'nope' is not held; held variants: \['accurate', 'light'\]"):
+        choice.pick({"variant": "nope"}, 1)
+
+
+def test_without_a_parameter_the_default_file_applies_and_a_rewrite_is_taken_without_reload(choice, tmp_path):
+    assert choice.pick({}, 1) == "accurate"  # no file: the loaded version's variant
+    write(tmp_path / "live_variant.json", variant="light")
+    assert choice.pick({}, 1) == "light"
+    write(tmp_path / "live_variant.json", variant="accurate")
+    assert choice.pick({}, 1) == "accurate"
+    write(tmp_path / "live_variant.json", variant="gone")  # not held: back to the fallback, never a failure
+    assert choice.pick({}, 1) == "accurate"
+    (tmp_path / "live_variant.json").write_text("{not json")
+    assert choice.refresh().variant == "accurate"
+
+
+def test_auto_keeps_the_accurate_variant_while_the_queue_allows_and_drops_to_the_light_one_when_deep(choice):
+    # objective 40 ms, headroom 0.8 -> 32 ms: accurate fits at depth 1 (10 ms), not at depth 4 (34 ms)
+    assert choice.pick({"variant": AUTO, "objective_ms": 40}, 1) == "accurate"
+    assert choice.pick({"variant": AUTO, "objective_ms": 40}, 4) == "light"  # 5 + 25 * 3 / 7 = 15.7 ms
+    assert choice.pick({"variant": AUTO, "objective_ms": 1}, 4) == "light"  # nothing fits: the fastest
+    assert choice.pick({"variant": AUTO}, 8) == "accurate"  # no objective: the most accurate
+
+
+def test_auto_from_the_default_file_and_the_learned_scale_shift_the_choice(choice, tmp_path):
+    write(tmp_path / "live_variant.json", variant=AUTO, objective_ms=40, headroom=0.8)
+    assert choice.pick({}, 2) == "accurate"  # 18 ms <= 32 ms
+    for _ in range(30):  # executes run 3x slower than variant.json says (and the next request waits for one)
+        choice.observe({"accurate": 2}, 54.0)
+    assert choice.scale == pytest.approx(3.0, rel=0.01)
+    assert choice.pick({}, 2) == "light"
+
+
+def test_request_parameters_are_read_from_their_json_text():
+    assert parse_parameters('{"variant": "light", "objective_ms": 20}') == {"variant": "light", "objective_ms": 20}
+    assert parse_parameters(None) == {} and parse_parameters("[1]") == {} and parse_parameters("{oops") == {}
+
+
+def test_a_fallback_that_is_not_held_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="held variants"):
+        VariantChoice(HELD, "missing", tmp_path / "f.json")
