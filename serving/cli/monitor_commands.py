@@ -60,19 +60,23 @@ def _optimize_options(args: argparse.Namespace) -> dict:
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from serving.controller import Controller, ControllerConfig, Policy, TrunkSwitcher, read_variants
     from serving.controller.actuator import format_delay
+    from serving.controller.default_variant import DefaultVariantSwitcher
     from serving.controller.objectives import CONFIG_KEYS
     from serving.monitoring.metrics import PolyheadMetrics, PrometheusReader
     from serving.triton.model_control import control_headers
-    from serving.triton.repository import read_trunk_versions
+    from serving.triton.repository import read_options, read_trunk_versions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = _optimize_options(args)
     config = ControllerConfig(objectives_s=opts["objectives_s"], **{k: opts[k] for k in CONFIG_KEYS if k in opts})
     repo = Path(opts["repository"]) if opts.get("repository") else None
     switcher = TrunkSwitcher(opts["server"], repo, headers=control_headers() or None)
+    if repo is not None and read_options(repo).variants == "per_request":  # switch by the default file, no reload
+        switcher = DefaultVariantSwitcher(opts["server"], repo, headers=control_headers() or None)
     versions = read_trunk_versions(repo) if repo is not None else switcher.versions()
     variants = read_variants(Path(args.workdir), versions, opts["serving_device"])
-    live = versions.get(switcher.live_version())
+    live = switcher.live_variant() if isinstance(switcher, DefaultVariantSwitcher) else versions.get(
+        switcher.live_version())
     policy = Policy(variants, config, live, delays=switcher.batch_delay())
     metrics = PolyheadMetrics()
     if opts.get("metrics_port"):
