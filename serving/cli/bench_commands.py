@@ -3,7 +3,9 @@
 * ``serving``: :func:`serving.bench.serving_bench.run_serving_bench`;
 * ``compress``: :func:`transfer.compress.run_compress_bench`;
 * ``controller``: :func:`serving.bench.controller_bench.run_controller_bench`;
-* ``robustness``: :func:`transfer.robustness_bench.run_robustness_bench`.
+* ``robustness``: :func:`transfer.robustness_bench.run_robustness_bench`;
+* ``variants``: :mod:`serving.cli.bench_variants_command`;
+* ``search``: :func:`transfer.elastic.search_bench.run_search_bench`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from serving.cli import bench_variants_command
 from serving.cli.options import Subparsers, add_heads_layout, add_workdir
 
 
@@ -23,6 +26,9 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
     tasks = [int(x) for x in args.tasks.split(",")]
 
     def progress(row: dict) -> None:
+        if "error" in row:
+            print(f"  N={row['tasks']}: FAILED, going on: {row['error'][:300]}", flush=True)
+            return
         print(f"  N={row['tasks']}: shared {row['shared_images_per_s']:.1f} img/s, in one process "
               f"{row['inprocess_images_per_s']:.1f} ({row['speedup_vs_inprocess']:.2f}x of a "
               f"{row['ceiling_speedup']:.2f}x ceiling: {row['fraction_of_ceiling']:.0%}), N models "
@@ -119,6 +125,33 @@ def _cmd_bench_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_search(args: argparse.Namespace) -> int:
+    from transfer.elastic.search_bench import run_search_bench
+
+    result = run_search_bench(args.workdir)
+    print(f"{'operating point':18s} {'b1 ms':>7s} {'b8 ms':>7s} {'mean mAP':>8s} {'drop':>6s}")
+    for p in result["operating_points"]:
+        print(f"{p['variant']:18s} {p['latency_b1_ms']:7.2f} {p['latency_b8_ms']:7.2f} {p['mean_map']:8.4f} "
+              f"{p['max_map_drop']:6.2f}")
+    gain, speed = result["front_gain_points"], result["front_speedup"]
+    print(f"{result['operating_points_count']} admitted operating points on {result['device']} (tolerance "
+          f"{result['tolerance_points']:g}); front gain over the pruned curve at equal b1 latency: "
+          f"{'n/a' if gain is None else f'{gain:+.2f} mAP points'}; speed-up at equal mAP: "
+          f"{'n/a' if speed is None else f'{speed:.2f}x'}; targets met: "
+          + ", ".join(f"{k} {'yes' if v['met'] else 'no'}" for k, v in result["targets"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_search(bench: Subparsers) -> None:
+    b = bench.add_parser("search", help="searched sub-networks vs the pruned variants: operating points, front gain")
+    add_workdir(b)
+    b.add_argument("--json", help="write the result here")
+    b.set_defaults(func=_cmd_bench_search)
+
+
 def _add_serving(bench: Subparsers) -> None:
     bs = bench.add_parser("serving", help="shared trunk vs independent detectors on the embedded Triton")
     add_workdir(bs)
@@ -189,12 +222,13 @@ def _add_robustness(bench: Subparsers) -> None:
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``bench`` and its subcommands ``serving``, ``compress``, ``controller``, ``robustness`` to the parser.
+    """Add ``bench`` and its subcommands ``serving``, ``compress``, ``controller``, ``robustness``, ``search``.
 
     Args:
         sub: The top-level subparsers.
     """
     bench = sub.add_parser("bench", help="benchmarks (tables; --json for scripts)")
     subcommands = bench.add_subparsers(dest="bench_command", required=True)
-    for add in (_add_serving, _add_compress, _add_controller, _add_robustness):
+    for add in (_add_serving, _add_compress, _add_controller, _add_robustness, bench_variants_command.register,
+                _add_search):
         add(subcommands)

@@ -22,6 +22,7 @@ from serving.cli import (
     monitor_commands,
     predict_command,
     report_command,
+    search_command,
     serving_commands,
     training_commands,
     variant_command,
@@ -39,6 +40,7 @@ COMMAND_GROUPS = (
     serving_commands.register,  # add-task, export, serve, infer
     predict_command.register,  # predict
     compress_commands.register,  # compress
+    search_command.register,  # search
     measure_command.register,  # measure
     monitor_commands.register,  # monitor, optimize
     report_command.register,  # report
