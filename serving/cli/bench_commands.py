@@ -4,6 +4,7 @@
 * ``compress``: :func:`transfer.compress.run_compress_bench`;
 * ``controller``: :func:`serving.bench.controller_bench.run_controller_bench`;
 * ``robustness``: :func:`transfer.robustness_bench.run_robustness_bench`;
+* ``variants``: :mod:`serving.cli.bench_variants_command`;
 * ``search``: :func:`transfer.elastic.search_bench.run_search_bench`.
 """
 
@@ -14,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from serving.cli import bench_variants_command
 from serving.cli.options import Subparsers, add_heads_layout, add_workdir
 
 
@@ -224,5 +226,6 @@ def register(sub: Subparsers) -> None:
     """
     bench = sub.add_parser("bench", help="benchmarks (tables; --json for scripts)")
     subcommands = bench.add_subparsers(dest="bench_command", required=True)
-    for add in (_add_serving, _add_compress, _add_controller, _add_robustness, _add_search):
+    for add in (_add_serving, _add_compress, _add_controller, _add_robustness, bench_variants_command.register,
+                _add_search):
         add(subcommands)

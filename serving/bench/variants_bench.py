@@ -1,0 +1,338 @@
+"""`polyhead bench variants`: per-request trunk variants against reloading and against one static variant.
+
+Three figures (issue 16, item 4), on staged copies of the workspace (the source is not touched):
+
+* ``switch_ms``: one fan-out ``detect`` call at a time, each on one of two variants at random; per
+  variant, p50 of its calls right after the other variant less p50 of those right after itself;
+  the mean over both variants.
+* ``memory_all_variants_ratio``: RSS of the server process group (tritonserver and its stub)
+  holding every variant per request / holding only the most accurate one, after the same warm-up.
+* ``slo_within``: share of requests within the objective (answered and no slower) under one bursty
+  trace of closed-loop clients (steps and spikes of concurrency), the same trace for every mode:
+
+  - ``per_request``: one server holding every variant, default ``auto`` (the backend picks per
+    execute from its queue depth, :mod:`serving.triton.backend.variant_choice`);
+  - ``reload``: a version-per-variant server and the controller's real :class:`Policy` and
+    :class:`TrunkSwitcher` (a ``trunk`` reload per switch), fed every ``tick_s`` with the p95 of
+    the last second of the clients' own requests (no Prometheus: the fastest feedback it can have);
+  - ``static_<variant>``: that variant served alone the whole trace; ``static_best`` is the most
+    accurate one (the one a fixed deployment would pick for accuracy).
+
+The objective (unless given) is set from the static runs: ``max(1.2 x p99 of the fastest variant,
+sqrt(p99 fastest x p95 most accurate))``, so the fastest variant alone keeps it and the most
+accurate alone does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serving.bench.controller_bench import _admitted, machine, staging_workspace
+from serving.bench.load_generator import ClosedLoopLoad, Sample, percentiles_ms
+from serving.client import Detector
+from serving.controller import ControllerConfig, Policy, TrunkSwitcher, read_variants
+from serving.triton.embedded_server import EmbeddedTriton
+from serving.triton.model_configs import RepositoryOptions
+from serving.triton.per_request_variants import AUTO, write_live_variant
+from serving.triton.processes import free_port, group_memory_mib
+from serving.triton.repository import build_repository, set_live_trunk_version
+from shared.errors import ConfigError
+
+#: ``(seconds, clients)`` phases: a base, a step, back, a spike, a small step, a spike, back.
+DEFAULT_TRACE = ((4.0, 1), (4.0, 6), (3.0, 1), (2.0, 8), (3.0, 2), (2.0, 8), (3.0, 1))
+
+
+def parse_trace(text: str) -> tuple[tuple[float, int], ...]:
+    """``"4x1,4x6,2x8"`` (SECONDSxCLIENTS items) -> ``((4.0, 1), (4.0, 6), (2.0, 8))``.
+
+    Raises:
+        ConfigError: An item that is not ``SECONDSxCLIENTS`` with seconds > 0 and clients >= 1.
+    """
+    phases = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        seconds, sep, clients = item.partition("x")
+        try:
+            phase = (float(seconds), int(clients))
+        except ValueError:
+            phase = (0.0, 0)
+        if not sep or phase[0] <= 0 or phase[1] < 1:
+            raise ConfigError(f"trace item {item!r}: expected SECONDSxCLIENTS, e.g. 4x1,4x6,2x8")
+        phases.append(phase)
+    if not phases:
+        raise ConfigError(f"trace {text!r} has no phase; write SECONDSxCLIENTS items, e.g. 4x1,4x6,2x8")
+    return tuple(phases)
+
+
+def _clients(url: str, images: Sequence[np.ndarray], variant: str | None) -> Callable:
+    @contextlib.contextmanager
+    def client(index: int) -> Iterator[Callable[[], object]]:
+        with Detector(url, timeout_s=30.0) as det:
+            n = itertools.count(index)
+            yield lambda: det.detect(images[next(n) % len(images)], variant=variant)
+
+    return client
+
+
+def run_trace(url: str, images: Sequence[np.ndarray], trace: Sequence[tuple[float, int]],
+              variant: str | None = None, on_tick: Callable[[ClosedLoopLoad], None] | None = None,
+              tick_s: float = 0.25) -> list[Sample]:  # fmt: skip
+    """Drive ``trace`` (``(seconds, clients)`` phases) of closed-loop fan-out clients; every request kept.
+
+    Args:
+        url: Triton gRPC ``host:port``.
+        images: Images sent round-robin.
+        trace: The phases, in order.
+        variant: ``detect``'s ``variant`` (``None``: the server's default).
+        on_tick: Called every ``tick_s`` with the load (e.g. a controller step); it may block.
+        tick_s: Tick period.
+    """
+    with ClosedLoopLoad(_clients(url, images, variant), max(c for _, c in trace), active=0,
+                        join_timeout_s=35.0) as load:  # fmt: skip
+        for seconds, clients in trace:
+            load.set_clients(clients)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                time.sleep(min(tick_s, max(0.0, end - time.perf_counter())))
+                if on_tick is not None:
+                    on_tick(load)
+        load.set_clients(0)
+    return list(load.samples)
+
+
+def share_within(samples: Sequence[Sample], objective_s: float) -> float | None:
+    """Share of requests answered within ``objective_s`` (failed ones count as outside)."""
+    return sum(1 for s in samples if s.ok and s.latency_s <= objective_s) / len(samples) if samples else None
+
+
+class ReloadController:
+    """The controller's :class:`Policy` and :class:`TrunkSwitcher` on a thread, fed with the load's own p95.
+
+    Args:
+        policy: Decision logic (live variant set).
+        switcher: Applies variant decisions by reloading ``trunk``.
+        tasks: Tasks the objective covers (every request serves all of them).
+        tick_s: Evaluation period.
+    """
+
+    def __init__(self, policy: Policy, switcher: TrunkSwitcher, tasks: Sequence[str], tick_s: float = 0.5) -> None:
+        self.policy, self.switcher, self.tasks, self.tick_s = policy, switcher, tuple(tasks), tick_s
+        self.switches: list[tuple[float, str, str, float]] = []  # (t, from, to, reload seconds)
+        self.load: ClosedLoopLoad | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            load = self.load
+            if load is None:
+                continue
+            now = load.now()
+            recent = [s.latency_s for s in list(load.samples) if s.ok and s.t >= now - 1.0]
+            p95 = float(np.percentile(recent, 95)) if recent else None
+            decision = self.policy.decide(dict.fromkeys(self.tasks, p95), now)
+            if decision is None:
+                continue
+            t0 = time.perf_counter()
+            if decision.knob == "variant":
+                self.switcher.apply(decision.to)
+            self.policy.commit(decision, load.now())
+            if decision.knob == "variant":
+                self.switches.append((round(now, 2), decision.from_variant, decision.to.name,
+                                      round(time.perf_counter() - t0, 2)))  # fmt: skip
+
+    def tick(self, load: ClosedLoopLoad) -> None:
+        """:func:`run_trace`'s ``on_tick``: hand the load over (the thread reads it)."""
+        self.load = load
+
+    def __enter__(self) -> ReloadController:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+def _serve(repo: Path) -> EmbeddedTriton:
+    return EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), admin_key="")
+
+
+def _warm(url: str, images: Sequence[np.ndarray], variants: Sequence[str | None], calls: int = 5) -> None:
+    with Detector(url, timeout_s=60.0) as det:
+        for variant in variants:
+            for i in range(calls):
+                det.detect(images[i % len(images)], variant=variant)
+
+
+def _switch_ms(url: str, images: Sequence[np.ndarray], a: str, b: str, seconds: float) -> dict:
+    """Cost of changing the variant between two consecutive calls (one call at a time, random order).
+
+    Each call runs ``a`` or ``b`` at random, so calls after a change and calls after the same
+    variant are interleaved over the whole run; per variant, the p50 of its calls that follow the
+    other one less the p50 of those that follow itself; ``switch_ms`` is the mean over ``a`` and ``b``.
+    """
+    rng = np.random.default_rng(0)
+    calls: list[tuple[str, str, float]] = []  # (previous, this, seconds)
+    with Detector(url, timeout_s=30.0) as det:
+        previous = a
+        det.detect(images[0], variant=a)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            variant = (a, b)[int(rng.integers(2))]
+            t0 = time.perf_counter()
+            det.detect(images[0], variant=variant)
+            calls.append((previous, variant, time.perf_counter() - t0))
+            previous = variant
+    sides = {}
+    for v in (a, b):
+        for label, changed in (("after_change", True), ("after_same", False)):
+            lat = [t for p, c, t in calls if c == v and (p != v) == changed]
+            sides[f"{v}_{label}"] = {**percentiles_ms(lat, (50,)), "runs": len(lat)}
+    cost = [sides[f"{v}_after_change"]["p50_ms"] - sides[f"{v}_after_same"]["p50_ms"] for v in (a, b)]
+    return {"switch_ms": round(float(np.mean(cost)), 3), "sides": sides, "pair": [a, b]}
+
+
+def _figures(samples: Sequence[Sample], objective_s: float) -> dict:
+    lat = [s.latency_s for s in samples if s.ok]
+    return {"requests": len(samples), "failed": sum(not s.ok for s in samples),
+            "within": share_within(samples, objective_s), **percentiles_ms(lat, (50, 95, 99))}  # fmt: skip
+
+
+def run_variants_bench(
+    workdir: str | Path,
+    variants: Sequence[str] | None = None,
+    trace: Sequence[tuple[float, int]] = DEFAULT_TRACE,
+    objective_ms: float | None = None,
+    switch_s: float = 20.0,
+    tick_s: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Measure ``switch_ms``, ``memory_all_variants_ratio`` and ``slo_within`` (see the module docstring).
+
+    Args:
+        workdir: Workspace with trunk variants and heads.
+        variants: Trunk variants to hold (admitted or not; default: the admitted, Pareto-optimal ones).
+        trace: ``(seconds, clients)`` phases of the bursty load.
+        objective_ms: Per-request latency objective (default: chosen from the static runs).
+        switch_s: Seconds of the interleaved switch measurement.
+        tick_s: Evaluation period of the reload controller.
+        progress: Called with one line per phase.
+
+    Raises:
+        ConfigError: Fewer than two variants.
+    """
+    say = progress or (lambda _line: None)
+    workdir = Path(workdir)
+    names = list(variants or _admitted(workdir))
+    if len(names) < 2:
+        raise ConfigError(f"per-request variants need at least two variants; {workdir}/trunk has {names} admitted; "
+                          "name some with --variants A,B")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="polyhead-bench-variants-") as tmp_name:
+        tmp = Path(tmp_name)
+        forced = staging_workspace(workdir, names, tmp / "all")
+        ladder = sorted(read_variants(tmp / "all", {i + 1: n for i, n in enumerate(sorted(names))}),
+                        key=lambda v: (-v.accuracy, v.name))  # fmt: skip
+        best, fastest = ladder[0], min(ladder, key=lambda v: (v.latency_ms or math.inf, v.name))
+        staging_workspace(workdir, [best.name], tmp / "one")
+        per_request = RepositoryOptions(heads_layout="in_trunk", variants="per_request")
+        every = build_repository(tmp / "all", out=tmp / "repo-all", options=per_request)
+        single = build_repository(tmp / "one", out=tmp / "repo-one", options=per_request)
+        versions = build_repository(tmp / "all", out=tmp / "repo-versions",
+                                    options=RepositoryOptions(heads_layout="in_trunk"))  # fmt: skip
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (every.input_size, every.input_size, 3), dtype=np.uint8) for _ in range(4)]
+        say(f"memory: one variant ({best.name}) vs all of {[v.name for v in ladder]}")
+        with _serve(single.path) as server:
+            _warm(server.url, images, [None])
+            memory_one = group_memory_mib(server.pid)
+        with _serve(every.path) as server:
+            _warm(server.url, images, [v.name for v in ladder])
+            memory_all = group_memory_mib(server.pid)
+            say(f"switch: {best.name} <-> {fastest.name}, {switch_s:g} s")
+            switch = _switch_ms(server.url, images, best.name, fastest.name, switch_s)
+        runs: dict[str, dict] = {}
+        by_version = {n: v for v, n in versions.trunk_versions.items()}
+        with _serve(versions.path) as server:
+            switcher = TrunkSwitcher(server.url, versions.path)
+            for v in ladder:
+                say(f"static {v.name}: trace of {sum(s for s, _ in trace):g} s")
+                switcher.apply(v)
+                _warm(server.url, images, [None])
+                runs[f"static_{v.name}"] = {"samples": run_trace(server.url, images, trace)}
+            lat = {n: [s.latency_s for s in r["samples"] if s.ok] for n, r in runs.items()}
+            if objective_ms is None:
+                p99_fast = float(np.percentile(lat[f"static_{fastest.name}"], 99))
+                p95_best = float(np.percentile(lat[f"static_{best.name}"], 95))
+                objective_ms = round(1e3 * max(1.2 * p99_fast, math.sqrt(p99_fast * p95_best)), 1)
+            objective_s = objective_ms / 1e3
+            say(f"reload: controller policy every {tick_s:g} s, objective {objective_ms:g} ms")
+            switcher.apply(best)
+            set_live_trunk_version(versions.path, by_version[best.name])
+            _warm(server.url, images, [None])
+            config = ControllerConfig(dict.fromkeys(versions.tasks, objective_s), interval_s=tick_s, cooldown_s=2.0,
+                                      breach_evals=1, recover_evals=2)  # fmt: skip
+            policy_ladder = read_variants(tmp / "all", versions.path)
+            with ReloadController(Policy(policy_ladder, config, best.name), switcher, versions.tasks, tick_s) as ctl:
+                runs["reload"] = {"samples": run_trace(server.url, images, trace, on_tick=ctl.tick, tick_s=tick_s),
+                                  "switches": ctl.switches}  # fmt: skip
+        with _serve(every.path) as server:
+            write_live_variant(every.path, AUTO, objective_ms)
+            say(f"per-request: auto within {objective_ms:g} ms")
+            _warm(server.url, images, [v.name for v in ladder])
+            runs["per_request"] = {"samples": run_trace(server.url, images, trace)}
+    figures = {name: {**_figures(r["samples"], objective_s), **({"switches": r["switches"]} if "switches" in r
+               else {})} for name, r in runs.items()}  # fmt: skip
+    figures["static_best"] = {**figures[f"static_{best.name}"], "variant": best.name}
+    return {
+        "workdir": str(workdir), "machine": machine(), "forced_variants": forced, "tasks": list(every.tasks),
+        "variants": [{"name": v.name, "map": round(v.accuracy, 4), "latency_ms": v.latency_ms} for v in ladder],
+        "trace": [list(p) for p in trace], "objective_ms": objective_ms,
+        "switch_ms": switch["switch_ms"], "switch": switch,
+        "memory_mib": {"one": memory_one, "all": memory_all},
+        "memory_all_variants_ratio": round(memory_all["rss_mib"] / memory_one["rss_mib"], 3),
+        "slo_within": {name: f["within"] for name, f in figures.items()},
+        "runs": figures,
+    }  # fmt: skip
+
+
+def targets(result: dict) -> dict[str, bool]:
+    """Whether each target of issue 16 was met: switch < 1 ms, memory <= 1.3x, per-request >= 99 % (static < 95 %)."""
+    within = result["slo_within"]
+    return {"switch_below_1ms": result["switch_ms"] < 1.0,
+            "memory_at_most_1.3x": result["memory_all_variants_ratio"] <= 1.3,
+            "per_request_99_static_best_below_95": (within["per_request"] or 0) >= 0.99
+            and (within["static_best"] or 0) < 0.95}  # fmt: skip
+
+
+def format_table(result: dict) -> str:
+    """Markdown: the three figures, then one row per mode of the trace."""
+    met = targets(result)
+    mem = result["memory_mib"]
+    lines = [
+        f"objective {result['objective_ms']:g} ms per request (fan-out over {len(result['tasks'])} tasks); trace "
+        f"{', '.join(f'{s:g} s x {c}' for s, c in result['trace'])} clients", "",
+        "| figure | value | target | met |", "|---|---|---|---|",
+        f"| switch_ms (p50 after a change - p50 after the same) | {result['switch_ms']:.3f} ms | < 1 ms | "
+        f"{'yes' if met['switch_below_1ms'] else 'no'} |",
+        f"| memory_all_variants_ratio (RSS) | {result['memory_all_variants_ratio']:.3f} "
+        f"({mem['all']['rss_mib']:.0f} / {mem['one']['rss_mib']:.0f} MiB) | <= 1.3 | "
+        f"{'yes' if met['memory_at_most_1.3x'] else 'no'} |",
+        f"| slo_within per_request / static_best | {100 * (result['slo_within']['per_request'] or 0):.1f} % / "
+        f"{100 * (result['slo_within']['static_best'] or 0):.1f} % | >= 99 % / < 95 % | "
+        f"{'yes' if met['per_request_99_static_best_below_95'] else 'no'} |", "",
+        "| mode | requests | failed | within objective | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, f in result["runs"].items():
+        label = f"{name} ({f['variant']})" if "variant" in f else name
+        lines.append(f"| {label} | {f['requests']} | {f['failed']} | {100 * (f['within'] or 0):.1f} % | "
+                     f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f} | {f['p99_ms']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
