@@ -59,6 +59,7 @@ from serving.triton.model_names import FANOUT_MODEL
 from serving.triton.processes import group_cpu_s, group_memory_mib
 from serving.triton.repository import build_repository
 from shared.artifacts import read_json, sha256_file
+from shared.errors import ServingError
 from shared.workspace import Workspace
 
 #: Issue targets: N -> (minimum shared/independent images/s, maximum shared/independent memory).
@@ -240,6 +241,10 @@ def _cpu(side: dict) -> float | None:
     return None if None in parts else sum(parts)
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
 def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inprocess: dict,
          cost: dict[str, float]) -> dict:
     """One result row: the issue's flat keys (the ``chosen`` layout), then every side in full.
@@ -269,6 +274,9 @@ def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inpro
         "inprocess_cpu_ms_per_image": _cpu(inprocess),
         "shared_compute_ms_per_image": cost["trunk_ms"] + n * cost["head_ms"],
         "inprocess_compute_ms_per_image": n * (cost["trunk_ms"] + cost["head_ms"]),
+        # the same comparison in CPU per image: what a CPU-bound server gains, whatever else loads the machine
+        "cpu_speedup_vs_inprocess": _ratio(_cpu(inprocess), _cpu(shared)),
+        "cpu_fraction_of_ceiling": _ratio(_ratio(_cpu(inprocess), _cpu(shared)), ceiling),
         "shared_rss_mb": shared["rss_mib"],
         "independent_rss_mb": independent["rss_mib"],
         "inprocess_rss_mb": inprocess["rss_mib"],
@@ -361,7 +369,8 @@ def run_serving_bench(
             side is measured at each and keeps its peak.
         seconds: Measurement time per side, concurrency and N, split over ``blocks`` (the
             interleaved latencies get half of it, >= 2 s).
-        progress: Called with each row when it is done.
+        progress: Called with each row when it is done (or ``{"tasks", "error"}`` when that N's
+            servers failed: the run goes on with the next N and lists it under ``failed``).
         batching_concurrency: Clients for the dynamic batching comparison (0 skips it).
         heads_layout: Heads layout of the shared side (one of ``HEADS_LAYOUTS``); every layout is
             measured (``rows[i]["layouts"]``).
@@ -378,7 +387,8 @@ def run_serving_bench(
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
     latency_s = max(2.0, seconds / 2)  # Triton and in-process calls, interleaved
     cost = trunk_and_head_ms(src, src.tasks()[0], variant, image, max(2.0, seconds / 2))
-    rows = []
+    rows: list[dict] = []
+    failed: list[dict] = []
     for n in tasks:
         with tempfile.TemporaryDirectory(prefix="polyhead-bench-") as tmp:
             ws_dir = Path(tmp) / "ws"
@@ -392,18 +402,28 @@ def run_serving_bench(
                                     independent_repository(ws, Path(tmp) / "independent", names, variant))
             sides["inprocess"] = (Path(tmp) / "inprocess",
                                   [inprocess_repository(ws, Path(tmp) / "inprocess", names, variant)])
-            measured = _measure_sides(sides, image, concurrency, seconds, blocks, heads_layout, latency_s, reference)
+            try:
+                measured = _measure_sides(sides, image, concurrency, seconds, blocks, heads_layout, latency_s,
+                                          reference)
+            except ServingError as err:  # one N's server failed: keep the others' figures, say which failed
+                failed.append({"tasks": n, "error": str(err)[:2000]})
+                if progress:
+                    progress(failed[-1])
+                continue
         layouts = {layout: measured[layout] for layout in order}
         rows.append(_row(n, layouts, heads_layout, measured["independent"], measured["inprocess"], cost))
         if progress:
             progress(rows[-1])
+    if not rows:
+        raise ServingError(f"every N failed: {failed}")
     own = len(src.tasks())
     pick = min(rows, key=lambda r: (abs(r["tasks"] - own), r["tasks"]))
     latency = {"tasks": pick["tasks"], "triton_p50_ms": pick["triton_p50_ms"], "ort_p50_ms": pick["ort_p50_ms"],
                "ratio": pick["triton_p50_ms"] / max(pick["ort_p50_ms"], 1e-9),
                "compared": "one image, trunk + every head of the fan-out: one gRPC `detect` request vs "
                            "in-process onnxruntime sessions of the same ONNX files, same thread settings"}
-    result = {"rows": rows, "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
+    result = {"rows": rows, "failed": failed,
+              "triton_p50_ms": latency["triton_p50_ms"], "ort_p50_ms": latency["ort_p50_ms"],
               "latency": latency, "variant": variant, "cost": cost,
               "concurrency": [concurrency] if isinstance(concurrency, int) else list(concurrency),
               "seconds": seconds, "blocks": blocks,

@@ -9,11 +9,16 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def format_table(result: dict) -> str:
     """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
     others = [x for x in mcfg.HEADS_LAYOUTS if x != result["heads_layout"]]
     lines = ["| N tasks | shared img/s (clients) | in-process img/s | speed-up vs in-process / ceiling "
-             "(fraction) | CPU ms/img shared / in-process (compute) | independent img/s (clients) | speed-up "
+             "(fraction) | CPU ms/img shared / in-process (compute): CPU speed-up over the ceiling "
+             "| independent img/s (clients) | speed-up "
              "| shared p50 / p95 ms "
              "| independent p95 ms | RSS shared / independent MiB | PSS shared / independent MiB | Triton / ort p50 ms "
              + "".join(f"| {x} img/s, RSS / PSS MiB " for x in others) + "| errors |",
@@ -28,12 +33,14 @@ def format_table(result: dict) -> str:
             f"{r['inprocess_images_per_s']:.1f} ({r['inprocess']['concurrency']}) | "
             f"{r['speedup_vs_inprocess']:.2f}x / {r['ceiling_speedup']:.2f}x ({r['fraction_of_ceiling']:.0%}) | "
             f"{_ms(r['shared_cpu_ms_per_image'])} ({r['shared_compute_ms_per_image']:.1f}) / "
-            f"{_ms(r['inprocess_cpu_ms_per_image'])} ({r['inprocess_compute_ms_per_image']:.1f}) | "
+            f"{_ms(r['inprocess_cpu_ms_per_image'])} ({r['inprocess_compute_ms_per_image']:.1f}): "
+            f"{_pct(r['cpu_fraction_of_ceiling'])} of the ceiling | "
             f"{r['independent_images_per_s']:.1f} ({r['independent']['concurrency']}) | "
             f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
             f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "
             f"({r['rss_fraction']:.0%}) | {r['shared_pss_mb']:.0f} / {r['independent_pss_mb']:.0f} "
             f"({r['pss_fraction']:.0%}) | {r['triton_p50_ms']:.2f} / {r['ort_p50_ms']:.2f} | {alt}{errors} |")
+    lines += [f"N={f['tasks']}: FAILED ({f['error'][:200]})" for f in result.get("failed", [])]
     lat, cost = result["latency"], result["cost"]
     lines += ["", f"Shared side: heads layout `{result['heads_layout']}`; beside it: {', '.join(others)}. "
               f"CPU: {result['cpu']}, {result['cpus']} cores.",

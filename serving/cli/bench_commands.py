@@ -26,6 +26,9 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
     tasks = [int(x) for x in args.tasks.split(",")]
 
     def progress(row: dict) -> None:
+        if "error" in row:
+            print(f"  N={row['tasks']}: FAILED, going on: {row['error'][:300]}", flush=True)
+            return
         print(f"  N={row['tasks']}: shared {row['shared_images_per_s']:.1f} img/s, in one process "
               f"{row['inprocess_images_per_s']:.1f} ({row['speedup_vs_inprocess']:.2f}x of a "
               f"{row['ceiling_speedup']:.2f}x ceiling: {row['fraction_of_ceiling']:.0%}), N models "

@@ -75,6 +75,18 @@ def config_delay(cfg: object) -> Delay:
     return int(cfg.dynamic_batching.max_queue_delay_microseconds)
 
 
+def _set_delay(cfg: object, delay: Delay) -> None:
+    """Set ``cfg``'s batching delay (``None``: batching off), recording the deployment's own delay first."""
+    if HOME_DELAY_PARAM not in cfg.parameters:
+        home = config_delay(cfg)
+        cfg.parameters[HOME_DELAY_PARAM].string_value = "off" if home is None else str(home)
+    if delay is None:
+        cfg.ClearField("dynamic_batching")
+    else:
+        cfg.dynamic_batching.SetInParent()
+        cfg.dynamic_batching.max_queue_delay_microseconds = delay
+
+
 @dataclass(frozen=True)
 class Variant:
     """One admitted trunk variant as the controller sees it.
@@ -301,14 +313,7 @@ class TrunkSwitcher:
                 cfg.ClearField("version_policy")
                 cfg.version_policy.specific.versions.append(version)
                 if config_delay(cfg) != delay:
-                    if HOME_DELAY_PARAM not in cfg.parameters:
-                        home = config_delay(cfg)
-                        cfg.parameters[HOME_DELAY_PARAM].string_value = "off" if home is None else str(home)
-                    if delay is None:
-                        cfg.ClearField("dynamic_batching")
-                    else:
-                        cfg.dynamic_batching.SetInParent()
-                        cfg.dynamic_batching.max_queue_delay_microseconds = delay
+                    _set_delay(cfg, delay)
                 self._reload(address, cfg)
                 changed.append(address)
             except ServingError as err:
@@ -330,12 +335,5 @@ class TrunkSwitcher:
             raise ConfigError(f"batch delay must be whole microseconds >= 0 or None (off), got {delay!r}")
         for address in self.replicas():
             cfg = self.served_config(address)
-            if HOME_DELAY_PARAM not in cfg.parameters:
-                home = config_delay(cfg)
-                cfg.parameters[HOME_DELAY_PARAM].string_value = "off" if home is None else str(home)
-            if delay is None:
-                cfg.ClearField("dynamic_batching")
-            else:
-                cfg.dynamic_batching.SetInParent()
-                cfg.dynamic_batching.max_queue_delay_microseconds = delay
+            _set_delay(cfg, delay)
             self._reload(address, cfg)

@@ -11,8 +11,24 @@ ROW_KEYS = ("shared_images_per_s", "independent_images_per_s", "shared_rss_mb", 
 
 
 @pytest.mark.triton
-def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_path):
-    result = run_serving_bench(workspace, [1, 2], variant="ref", concurrency=[1, 2], seconds=1.0, blocks=2)
+def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_path, monkeypatch):
+    import serving.bench.serving_bench as bench
+
+    def breaking_at_three(ws, out, names, variant):  # N = 3: one of the N models is a corrupt file
+        models = bench_independent(ws, out, names, variant)
+        if len(names) == 3:
+            (out / models[0] / "1" / "model.onnx").write_bytes(b"not onnx")
+        return models
+
+    bench_independent = bench.independent_repository
+    monkeypatch.setattr(bench, "independent_repository", breaking_at_three)
+    seen = []
+    result = run_serving_bench(workspace, [1, 3, 2], variant="ref", concurrency=[1, 2], seconds=1.0, blocks=2,
+                               progress=seen.append)
+    # N = 3's servers failed to start: said, and the run went on with N = 2
+    assert [f["tasks"] for f in result["failed"]] == [3] and "full_t0" in result["failed"][0]["error"]
+    assert [r["tasks"] for r in seen] == [1, 3, 2] and "error" in seen[1]
+    result["rows"].sort(key=lambda r: r["tasks"])
     assert [r["tasks"] for r in result["rows"]] == [1, 2]
     cost = result["cost"]
     assert cost["trunk_ms"] > 0 and cost["head_ms"] > 0
@@ -41,6 +57,8 @@ def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_p
         assert row["shared_cpu_ms_per_image"] > 0 and row["inprocess_cpu_ms_per_image"] > 0
         n, t, h = row["tasks"], cost["trunk_ms"], cost["head_ms"]
         assert row["inprocess_compute_ms_per_image"] == pytest.approx(n * (t + h))
+        assert row["cpu_fraction_of_ceiling"] == pytest.approx(
+            row["inprocess_cpu_ms_per_image"] / row["shared_cpu_ms_per_image"] / row["ceiling_speedup"])
         assert row["ceiling_speedup"] == pytest.approx(n * (t + h) / (t + n * h))
         assert row["fraction_of_ceiling"] == pytest.approx(
             row["shared_images_per_s"] / row["inprocess_images_per_s"] / row["ceiling_speedup"])
@@ -63,6 +81,7 @@ def test_bench_compares_shared_and_independent_with_real_triton(workspace, tmp_p
     table = format_table(result)
     assert "| 2 |" in table and "Dynamic batching" in table and "onnxruntime" in table
     assert "in one python-backend process" in table.replace("ONE", "one") and "of the ceiling" in table
+    assert "N=3: FAILED" in table
     assert result["heads_layout"] == "in_trunk" and "heads layout `in_trunk`" in table
     write_json(result, tmp_path / "bench.json")
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["tasks"] == 1
