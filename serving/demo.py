@@ -19,6 +19,7 @@ from serving.triton.hot_add import TritonHotAdd
 from shared.artifacts import read_json
 from shared.workspace import Workspace
 from transfer.config import PolyheadConfig, TrainConfig, dump_config
+from transfer.export.device_keys import local_device_key
 
 #: Training budgets. The trunk is `polyhead train`'s default, the ImageNet-initialised mobilenet_v2;
 #: 10 epochs and 60 distillation steps a pruning round keep the demo under 15 minutes on 2 cores
@@ -172,9 +173,11 @@ def _summary(ws: Workspace, latency: dict, server_map: dict) -> None:
     print("\nper trunk variant")
     print(f"{'variant':16s} {'precision':9s} {'params':>9s} {'MB':>6s} {'b1 ms':>7s} {'b8 ms':>7s} "
           f"{'min mAP':>8s} admitted")
+    here = local_device_key("cpu")
     for name in ws.variants():
         v = read_json(ws.variant(name) / "variant.json")
-        lat = next(iter(v.get("latency_ms", {}).values()), {})
+        table = v.get("latency_ms", {})
+        lat = table.get(here) or next(iter(table.values()), {})  # this machine's figures first
         maps = [m["map"] for m in v.get("map", {}).values()]
         print(f"{name:16s} {v.get('precision', '?'):9s} {v.get('params', 0):9,d} {v.get('size_bytes', 0) / 1e6:6.2f} "
               f"{lat.get('b1', float('nan')):7.1f} {lat.get('b8', float('nan')):7.1f} "

@@ -61,6 +61,7 @@ from serving.triton.repository import build_repository
 from shared.artifacts import read_json, sha256_file
 from shared.errors import ServingError
 from shared.workspace import Workspace
+from transfer.export.device_keys import cpu_model
 
 #: Issue targets: N -> (minimum shared/independent images/s, maximum shared/independent memory).
 TARGETS = {4: (3.0, 0.40), 8: (5.0, 0.30)}
@@ -436,19 +437,6 @@ def run_serving_bench(
         result["dynamic_batching_gain"] = result["dynamic_batching"]["gain"]
     result["targets"] = _targets(rows, latency)
     return result
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def write_json(result: dict, path: str | Path) -> None:
