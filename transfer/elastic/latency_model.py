@@ -4,7 +4,8 @@ Weights do not change a trunk's latency, so a sample is a sub-network extracted 
 (:func:`transfer.elastic.supernet.extract_subnet`), exported to ONNX and timed like every catalogue
 variant (:func:`transfer.export.latency.interleaved_latency`: onnxruntime on the CPU; on CUDA the
 CUDA provider when installed, else the torch trunk). The predictor is least squares (small ridge)
-on :func:`subnet_features` (multiply-accumulates per resolution, expanded activations, blocks run);
+on :func:`subnet_features` (multiply-accumulates, expanded activations, blocks run: few enough to
+fit on a couple of dozen samples);
 its error is the mean absolute percentage error (MAPE) on a held-out quarter of the samples, then
 it is refitted on all of them. The table lives in ``WORK/elastic/latency-<device key>.json`` and
 is extended sample by sample (an interrupted run resumes).
@@ -27,25 +28,25 @@ from transfer.export.latency import interleaved_latency, onnx_cuda_available, on
 from transfer.export.onnx_graphs import export_trunk
 
 #: Names of :func:`subnet_features`' entries.
-FEATURES = ("bias", "macs_s2_s4", "macs_s8", "macs_s16", "macs_s32", "hidden_activations", "blocks")
+FEATURES = ("bias", "macs", "hidden_activations", "blocks")
 RIDGE = 1e-6
 
 
 def subnet_features(space: ElasticSpace, arch: SubnetArch, input_size: int) -> np.ndarray:
-    """``(len(FEATURES),)`` float64: MACs (millions) per output stride group, activations (millions), blocks."""
+    """``(len(FEATURES),)`` float64: 1, MACs (millions), expanded activations read and written (millions), blocks."""
     io, f = space.backbone.block_io(), np.zeros(len(FEATURES))
     f[0] = 1.0
-    side, stride, active = input_size / 2, 2, set(space.active_blocks(arch))
+    side, active = input_size / 2, set(space.active_blocks(arch))
     for i in range(len(io)):
         cin, cout, s, _ = io[i]
-        out_side, stride = side / s, stride * s
+        out_side = side / s
         if i in active:
             h = space.hidden_of(i, arch.widths[i])
             expand = side * side * cin * h if space.elastic_block(i) else 0.0
             macs = expand + out_side * out_side * h * (9 + cout)
-            f[1 + min(3, max(0, int(np.log2(stride)) - 2))] += macs / 1e6
-            f[5] += (side * side + out_side * out_side) * h / 1e6
-            f[6] += 1
+            f[1] += macs / 1e6
+            f[2] += (side * side + out_side * out_side) * h / 1e6
+            f[3] += 1
         side = out_side
     return f
 
