@@ -128,7 +128,7 @@ def _cmd_bench_robustness(args: argparse.Namespace) -> int:
 def _cmd_bench_search(args: argparse.Namespace) -> int:
     from transfer.elastic.search_bench import run_search_bench
 
-    result = run_search_bench(args.workdir)
+    result = run_search_bench(args.workdir, repeats=args.repeats, rounds=args.rounds)
     print(f"{'operating point':18s} {'b1 ms':>7s} {'b8 ms':>7s} {'mean mAP':>8s} {'drop':>6s}")
     for p in result["operating_points"]:
         print(f"{p['variant']:18s} {p['latency_b1_ms']:7.2f} {p['latency_b8_ms']:7.2f} {p['mean_map']:8.4f} "
@@ -149,6 +149,9 @@ def _add_search(bench: Subparsers) -> None:
     b = bench.add_parser("search", help="searched sub-networks vs the pruned variants: operating points, front gain")
     add_workdir(b)
     b.add_argument("--json", help="write the result here")
+    b.add_argument("--repeats", type=int, default=60,
+                   help="timed runs per variant and batch size when re-timing them side by side (default %(default)s)")
+    b.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds (default %(default)s)")
     b.set_defaults(func=_cmd_bench_search)
 
 

@@ -9,7 +9,11 @@
 * ``switch_ms``, ``memory_all_variants_ratio``, ``slo_within``: serving figures, ``null`` here and
   filled by the serving side's benchmark.
 
-Pure function over ``catalogue.json`` (:func:`search_benchmark`), so it is tested on constructed rows.
+The rows' batch-1/8 latencies are re-timed side by side in one process first (the elastic variants,
+the reference and the pruned ones: onnxruntime on this CPU, ``rounds`` interleaved rounds), like
+`polyhead bench compress` does: on a shared machine the catalogue's figures, taken minutes apart,
+can differ by more than the gaps being compared. The rule itself is a pure function over
+catalogue rows (:func:`search_benchmark`), tested on constructed numbers.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.artifacts import read_json
 from shared.workspace import Workspace
 from transfer.compression.catalogue import load_catalogue
 from transfer.elastic.catalogue_variants import PREFIX
 from transfer.elastic.search import pareto_front
-from transfer.export.publish import REFERENCE
+from transfer.export.latency import interleaved_latency, onnx_runner
+from transfer.export.publish import REFERENCE, device_name
 
 TARGETS = {"operating_points": 5, "front_gain_points": 0.5, "front_speedup": 1.2}
 SERVING_NOTE = ("switch_ms, memory_all_variants_ratio and slo_within are measured by the serving benchmark "
@@ -80,6 +86,28 @@ def search_benchmark(catalogue: dict) -> dict:
     }
 
 
-def run_search_bench(workdir: str | Path) -> dict:
-    """:func:`search_benchmark` of the workspace's catalogue (after `polyhead search`)."""
-    return search_benchmark(load_catalogue(Workspace.at(workdir).trunk_dir))
+def run_search_bench(workdir: str | Path, repeats: int = 60, rounds: int = 6, retime: bool = True) -> dict:
+    """:func:`search_benchmark` of the workspace's catalogue (after `polyhead search`), latencies re-timed.
+
+    Args:
+        workdir: The workspace.
+        repeats: Timed runs per variant and batch size over all rounds.
+        rounds: Interleaved rounds.
+        retime: Re-time the compared variants (else use the catalogue's figures as they are).
+    """
+    ws = Workspace.at(workdir)
+    catalogue = load_catalogue(ws.trunk_dir)
+    rows = catalogue["variants"]
+    if retime:
+        names = [n for n in rows if n.startswith(PREFIX) or n == REFERENCE
+                 or (n.startswith("pruned-") and rows[n]["precision"] == "fp32")]
+        size = int(read_json(ws.variant(REFERENCE) / "variant.json")["input_size"])
+        check = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)  # (1, 3, S, S)
+        runners = {n: onnx_runner(ws.variant(n) / "model.onnx", "cpu") for n in names}
+        for name, lat in interleaved_latency(runners, check, repeats, rounds).items():
+            rows[name] |= {"latency_b1_ms": lat["b1"], "latency_b8_ms": lat["b8"]}
+        catalogue["device"] = device_name()
+    result = search_benchmark(catalogue)
+    result["latency_source"] = (f"re-timed side by side: onnxruntime CPU, {rounds} interleaved rounds, {repeats} runs "
+                                "per variant and batch size" if retime else "the catalogue's figures")
+    return result
