@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from shared.artifacts import read_json, sha256_file
-from shared.errors import ArtifactError
+from shared.errors import ArtifactError, ConfigError
 from shared.workspace import Workspace
 from transfer.compression.measure import device_key_of
 from transfer.compression.prune import load_images, trunk_features
@@ -167,6 +167,11 @@ def run_elastic_search(workdir: str | Path, device: str = "auto", budgets_ms: Se
                                            settings.latency_samples, settings.latency_repeats, progress=progress)
     log(f"latency predictor on {key}: held-out MAPE b1 {table['holdout_mape_pct']['b1']:.1f} %, "
         f"b8 {table['holdout_mape_pct']['b8']:.1f} % ({len(table['samples'])} sub-networks timed)")
+    smallest = next(s["b1"] for s in table["samples"] if s["key"] == space.smallest().key())
+    for budget in budgets_ms:  # fail before the search: nothing can be faster than the smallest sub-network
+        if budget < smallest:
+            raise ConfigError(f"no sub-network meets a {budget:g} ms budget on {key}; the fastest (the smallest "
+                              f"sub-network) takes {smallest:.2f} ms measured: raise --budget-ms to at least that")
     calib = images[: settings.calibration_images]
     heads = {t: session(ws.head(t) / "model.onnx") for t in vals}
     evaluator = SubnetEvaluator(supernet, calib, vals, heads, size, settings.max_images)
