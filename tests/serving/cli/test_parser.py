@@ -7,11 +7,31 @@ import pytest
 from serving.cli.main import build_parser
 from shared.workspace import DEFAULT_WORKDIR
 
-COMMANDS = ("demo", "data", "train", "eval", "bench", "add-task", "export", "serve", "infer", "compress", "monitor",
-            "optimize")  # fmt: skip
+COMMANDS = ("demo", "data", "train", "eval", "bench", "add-task", "export", "serve", "infer", "predict", "compress",
+            "measure", "monitor", "optimize", "report", "search", "variant")  # fmt: skip
 #: argv -> (module of the command's function, attributes the parse must have).
 CASES = {
     ("demo",): ("demo_command", {"command": "demo", "fast": False, "workdir": DEFAULT_WORKDIR}),
+    ("predict", "x.jpg"): ("predict_command", {
+        "command": "predict", "source": "x.jpg", "server": "127.0.0.1:8001", "tasks": None, "conf": 0.25,
+        "save": None, "json": None, "concurrency": 4, "variant": None,
+    }),
+    ("measure",): ("measure_command", {"command": "measure", "device": "auto", "repeats": 30}),
+    ("report",): ("report_command", {"command": "report", "workdir": DEFAULT_WORKDIR, "out": None}),
+    ("search",): ("search_command", {
+        "command": "search", "device": "auto", "budget_ms": [], "population": 8, "generations": 2, "steps": 60,
+        "calibration_images": 256, "keep": 6,
+    }),
+    ("variant", "show"): ("variant_command", {"command": "variant", "verb": "show", "repository": None}),
+    ("bench", "search"): ("bench_commands", {
+        "command": "bench", "bench_command": "search", "repeats": 60, "rounds": 6, "serving": False,
+    }),
+    ("bench", "robustness"): ("bench_commands", {
+        "command": "bench", "bench_command": "robustness", "variants": None, "corruptions": None, "max_images": 100,
+    }),
+    ("bench", "variants"): ("bench_variants_command", {
+        "command": "bench", "bench_command": "variants", "variants": None, "switch_seconds": 20.0,
+    }),
     ("data", "synth", "--out", "d"): ("data_commands", {
         "command": "data", "data_command": "synth", "out": "d", "seed": 0, "num_train": 600, "num_val": 150,
         "num_unlabeled": 0, "image_size": 256,
@@ -88,7 +108,8 @@ def test_an_unknown_command_exits_with_argparse_error_listing_every_command(caps
     assert [c for c in COMMANDS if f"'{c}'" in err] == list(COMMANDS)
 
 
-@pytest.mark.parametrize(("group", "subcommands"), [("bench", ("serving", "compress", "controller")),
+@pytest.mark.parametrize(("group", "subcommands"), [("bench", ("serving", "compress", "controller", "robustness",
+                                                              "variants", "search")),
                                                     ("data", ("synth", "photos"))])
 def test_groups_need_a_known_subcommand(capsys, group, subcommands):
     assert "required: " in _error(capsys, [group])
