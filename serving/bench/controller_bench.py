@@ -127,12 +127,14 @@ def staging_workspace(workdir: Path, names: Sequence[str], dst: Path) -> dict[st
             raise ConfigError(f"no trunk variant {name!r} in {workdir}/trunk")
         shutil.copytree(src, dst_ws.variant(name))
         metas[name] = json.loads((src / "variant.json").read_text())
-        if not metas[name].get("admitted", False) or metas[name].get("pareto") is False:
+        off_front = metas[name].get("pareto") is False or False in (metas[name].get("pareto_by_device") or {}).values()
+        if not metas[name].get("admitted", False) or off_front:
             forced[name] = metas[name].get("max_map_drop")
     # accuracy = mean mAP: over the tasks every variant was evaluated on (like with like)
     common = set.intersection(*(set(m.get("map") or {}) for m in metas.values()))
     for name, meta in metas.items():
-        meta.update(admitted=True, pareto=True, map={t: v for t, v in (meta.get("map") or {}).items() if t in common})
+        meta.update(admitted=True, pareto=True, map={t: v for t, v in (meta.get("map") or {}).items() if t in common},
+                    pareto_by_device={key: True for key in meta.get("pareto_by_device") or {}})
         (dst_ws.variant(name) / "variant.json").write_text(json.dumps(meta, indent=2))
     return forced
 
