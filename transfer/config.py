@@ -47,6 +47,21 @@ def ranged(default: Any, lo: float | None = None, hi: float | None = None, *, lo
     return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
 
 
+def pick_names(kind: str, asked: typing.Sequence[str] | None, known: typing.Sequence[str]) -> list[str]:
+    """``asked`` (all of ``known`` when ``None``), in ``known``'s order.
+
+    Raises:
+        ConfigError: If a name is not in ``known``, or none is given; the message names it and the choices.
+    """
+    if asked is None:
+        return list(known)
+    unknown = [n for n in asked if n not in known]
+    if unknown or not asked:
+        raise ConfigError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"choose from {', '.join(known) or 'none (the workspace has none)'}")
+    return [n for n in known if n in asked]
+
+
 def check_ranges(obj: Any, section: str) -> None:
     """Refuse a field of dataclass ``obj`` outside its :func:`ranged` range, naming the key, value and range.
 

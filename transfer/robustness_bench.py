@@ -11,28 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.artifacts import read_json
-from shared.errors import ArtifactError, ConfigError
+from shared.errors import ArtifactError
 from shared.workspace import Workspace
 from transfer.compress import _val_sets
 from transfer.compression.catalogue import rpc_drop_points
+from transfer.config import pick_names
 from transfer.evaluation.robustness import RobustnessSettings, measure_variant
 from transfer.export.publish import REFERENCE
 from transfer.train import data_root, resolve_config
-
-
-def pick(kind: str, asked: Sequence[str] | None, known: Sequence[str]) -> list[str]:
-    """``asked`` (all of ``known`` when ``None``), in ``known``'s order.
-
-    Raises:
-        ConfigError: If a name is not in ``known``; the message names it and the choices.
-    """
-    if asked is None:
-        return list(known)
-    unknown = [n for n in asked if n not in known]
-    if unknown or not asked:
-        raise ConfigError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(known) or 'none (the workspace has none)'}")
-    return [n for n in known if n in asked]
 
 
 def run_robustness_bench(
@@ -63,8 +49,8 @@ def run_robustness_bench(
     settings = settings or RobustnessSettings()
     ws = Workspace.at(workdir)
     known = ws.variants()
-    names = pick("variant", variants, [REFERENCE] * (REFERENCE in known) + [n for n in known if n != REFERENCE])
-    chosen = pick("task", tasks, ws.tasks())
+    names = pick_names("variant", variants, [REFERENCE] * (REFERENCE in known) + [n for n in known if n != REFERENCE])
+    chosen = pick_names("task", tasks, ws.tasks())
     cfg = resolve_config(ws, None)
     vals, skipped = _val_sets(ws, cfg, data_root(ws, cfg))
     chosen = [t for t in chosen if t in vals] if tasks is None else chosen  # by default: those that can be

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from shared.errors import ConfigError, InputError
+from transfer.config import pick_names
 
 SEVERITIES = (1, 2, 3)
 NOISE_STD = (0.08, 0.18, 0.38)
@@ -96,13 +97,7 @@ def check_corruptions(names: list[str] | tuple[str, ...] | None) -> tuple[str, .
     Raises:
         ConfigError: If a name is not a known corruption (the message lists them), or none is given.
     """
-    if names is None:
-        return tuple(CORRUPTIONS)
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown or not names:
-        raise ConfigError(f"unknown corruption {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(CORRUPTIONS)}")
-    return tuple(n for n in CORRUPTIONS if n in names)
+    return tuple(pick_names("corruption", names, tuple(CORRUPTIONS)))
 
 
 def image_rng(seed: int, file_name: str, name: str, severity: int) -> np.random.Generator:
