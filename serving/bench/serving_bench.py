@@ -85,15 +85,19 @@ def _input(image: np.ndarray) -> grpcclient.InferInput:
     return inp
 
 
-def _load_block(url: str, models: list[str], image: np.ndarray, concurrency: int, seconds: float) -> dict:
+def _load_block(server: EmbeddedTriton, models: list[str], image: np.ndarray, concurrency: int,
+                seconds: float) -> dict:
     """One block of load: ``concurrency`` closed-loop clients for ``seconds``, each image one request per model.
 
     Every image needs one request to each of ``models``, sent concurrently through a shared pool,
     all in flight together, done when every one returned (one warm-up image first).
 
     Returns:
-        ``{"ok", "failed", "elapsed_s", "latencies_s"}`` (latencies of the successful images).
+        ``{"ok", "failed", "elapsed_s", "latencies_s", "server_cpu_s", "client_cpu_s"}``: latencies of
+        the successful images; CPU seconds of the server's process group and of this process (the
+        clients) during the load.
     """
+    url = server.url
     pool = ThreadPoolExecutor(max_workers=concurrency * len(models))
 
     def client(_index: int) -> contextlib.nullcontext[Callable[[], None]]:
@@ -109,10 +113,12 @@ def _load_block(url: str, models: list[str], image: np.ndarray, concurrency: int
     warm = grpcclient.InferenceServerClient(url)
     for m in models:
         warm.infer(m, [_input(image)])
+    server_cpu, client_cpu = group_cpu_s(server.pid), _own_cpu_s()
     with ClosedLoopLoad(client, concurrency) as load:
         time.sleep(seconds)
     pool.shutdown()
-    return {"ok": load.ok, "failed": load.failed, "elapsed_s": load.elapsed_s, "latencies_s": load.latencies_s()}
+    return {"ok": load.ok, "failed": load.failed, "elapsed_s": load.elapsed_s, "latencies_s": load.latencies_s(),
+            "server_cpu_s": group_cpu_s(server.pid) - server_cpu, "client_cpu_s": _own_cpu_s() - client_cpu}
 
 
 def _own_cpu_s() -> float:
@@ -127,15 +133,14 @@ def _summary(blocks: list[dict]) -> dict:
     Returns:
         ``{"img_per_s", "p50_ms", "p95_ms", "errors", "blocks", "server_cpu_ms_per_image",
         "client_cpu_ms_per_image"}``: CPU per image of the server's processes and of this process
-        (the gRPC clients), where the blocks measured it.
+        (the gRPC clients).
     """
     latencies = [x for b in blocks for x in b["latencies_s"]]
     ok = max(sum(b["ok"] for b in blocks), 1)
     out = {"img_per_s": sum(b["ok"] for b in blocks) / max(sum(b["elapsed_s"] for b in blocks), 1e-9),
            **percentiles_ms(latencies, (50, 95)), "errors": sum(b["failed"] for b in blocks), "blocks": len(blocks)}
     for key in ("server", "client"):
-        if all(f"{key}_cpu_s" in b for b in blocks):
-            out[f"{key}_cpu_ms_per_image"] = 1000 * sum(b[f"{key}_cpu_s"] for b in blocks) / ok
+        out[f"{key}_cpu_ms_per_image"] = 1000 * sum(b[f"{key}_cpu_s"] for b in blocks) / ok
     return out
 
 
@@ -212,11 +217,7 @@ def _measure_sides(sides: dict[str, tuple[Path, list[str]]], image: np.ndarray, 
         for b in range(blocks):
             for name in names[b % len(names):] + names[: b % len(names)]:
                 for c in levels:
-                    server_cpu, client_cpu = group_cpu_s(servers[name].pid), _own_cpu_s()
-                    block = _load_block(servers[name].url, sides[name][1], image, c, seconds / blocks)
-                    block["server_cpu_s"] = group_cpu_s(servers[name].pid) - server_cpu
-                    block["client_cpu_s"] = _own_cpu_s() - client_cpu
-                    raw[name][c].append(block)
+                    raw[name][c].append(_load_block(servers[name], sides[name][1], image, c, seconds / blocks))
         for name in names:
             runs = {c: _summary(raw[name][c]) for c in levels}
             best = max(levels, key=lambda c: runs[c]["img_per_s"])
@@ -236,14 +237,9 @@ def _versus(side: dict, independent: dict) -> dict:
             "pss_fraction": side["pss_mib"] / max(independent["pss_mib"], 1e-9)}
 
 
-def _cpu(side: dict) -> float | None:
-    """Server + client CPU ms per image at ``side``'s peak concurrency (``None`` when not measured)."""
-    parts = [side.get("server_cpu_ms_per_image"), side.get("client_cpu_ms_per_image")]
-    return None if None in parts else sum(parts)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b <= 0 else a / b
+def _cpu(side: dict) -> float:
+    """Server + client CPU ms per image at ``side``'s peak concurrency."""
+    return side["server_cpu_ms_per_image"] + side["client_cpu_ms_per_image"]
 
 
 def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inprocess: dict,
@@ -258,6 +254,7 @@ def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inpro
     versus = _versus(shared, independent)
     ceiling = sharing_ceiling(n, cost["trunk_ms"], cost["head_ms"])
     vs_inprocess = shared["img_per_s"] / max(inprocess["img_per_s"], 1e-9)
+    cpu_speedup = _cpu(inprocess) / max(_cpu(shared), 1e-9)
     return {
         "tasks": n,
         "shared_images_per_s": shared["img_per_s"],
@@ -276,8 +273,8 @@ def _row(n: int, layouts: dict[str, dict], chosen: str, independent: dict, inpro
         "shared_compute_ms_per_image": cost["trunk_ms"] + n * cost["head_ms"],
         "inprocess_compute_ms_per_image": n * (cost["trunk_ms"] + cost["head_ms"]),
         # the same comparison in CPU per image: what a CPU-bound server gains, whatever else loads the machine
-        "cpu_speedup_vs_inprocess": _ratio(_cpu(inprocess), _cpu(shared)),
-        "cpu_fraction_of_ceiling": _ratio(_ratio(_cpu(inprocess), _cpu(shared)), ceiling),
+        "cpu_speedup_vs_inprocess": cpu_speedup,
+        "cpu_fraction_of_ceiling": cpu_speedup / ceiling,
         "shared_rss_mb": shared["rss_mib"],
         "independent_rss_mb": independent["rss_mib"],
         "inprocess_rss_mb": inprocess["rss_mib"],

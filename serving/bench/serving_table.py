@@ -5,14 +5,6 @@ from __future__ import annotations
 from serving.triton import model_configs as mcfg
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
 def format_table(result: dict) -> str:
     """Markdown table of :func:`run_serving_bench` output, then latency, batching and targets."""
     others = [x for x in mcfg.HEADS_LAYOUTS if x != result["heads_layout"]]
@@ -32,9 +24,9 @@ def format_table(result: dict) -> str:
             f"| {r['tasks']} | {r['shared_images_per_s']:.1f} ({r['shared']['concurrency']}) | "
             f"{r['inprocess_images_per_s']:.1f} ({r['inprocess']['concurrency']}) | "
             f"{r['speedup_vs_inprocess']:.2f}x / {r['ceiling_speedup']:.2f}x ({r['fraction_of_ceiling']:.0%}) | "
-            f"{_ms(r['shared_cpu_ms_per_image'])} ({r['shared_compute_ms_per_image']:.1f}) / "
-            f"{_ms(r['inprocess_cpu_ms_per_image'])} ({r['inprocess_compute_ms_per_image']:.1f}): "
-            f"{_pct(r['cpu_fraction_of_ceiling'])} of the ceiling | "
+            f"{r['shared_cpu_ms_per_image']:.1f} ({r['shared_compute_ms_per_image']:.1f}) / "
+            f"{r['inprocess_cpu_ms_per_image']:.1f} ({r['inprocess_compute_ms_per_image']:.1f}): "
+            f"{r['cpu_fraction_of_ceiling']:.0%} of the ceiling | "
             f"{r['independent_images_per_s']:.1f} ({r['independent']['concurrency']}) | "
             f"{r['speedup']:.2f}x | {r['shared_p50_ms']:.1f} / {r['shared_p95_ms']:.1f} | "
             f"{r['independent_p95_ms']:.1f} | {r['shared_rss_mb']:.0f} / {r['independent_rss_mb']:.0f} "
