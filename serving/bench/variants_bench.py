@@ -336,3 +336,28 @@ def format_table(result: dict) -> str:
         lines.append(f"| {label} | {f['requests']} | {f['failed']} | {100 * (f['within'] or 0):.1f} % | "
                      f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f} | {f['p99_ms']:.1f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[str], None] | None = None) -> dict:
+    """Fill ``bench search``'s serving keys with :func:`run_variants_bench` over the reference and the searched front.
+
+    ``transfer`` (where the search benchmark lives) cannot import ``serving``, so the two are joined here.
+
+    Args:
+        search: :func:`transfer.elastic.search_bench.run_search_bench`'s result; changed in place.
+        workdir: Its workspace.
+        progress: Called with one line per phase.
+
+    Returns:
+        ``search``, with ``switch_ms``, ``memory_all_variants_ratio``, ``slo_within`` and ``serving_note``.
+    """
+    from transfer.export.publish import REFERENCE
+
+    held = list(dict.fromkeys([REFERENCE, *(p["variant"] for p in search["front"])]))
+    if len(held) < 2:
+        search["serving_note"] = f"no serving figures: the front holds {held}, per-request needs two variants"
+        return search
+    serving = run_variants_bench(workdir, variants=held, progress=progress)
+    search.update({k: serving[k] for k in ("switch_ms", "memory_all_variants_ratio", "slo_within")})
+    search["serving_note"] = f"polyhead bench variants over {held} (the reference and the searched front)"
+    return search

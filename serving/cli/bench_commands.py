@@ -129,17 +129,10 @@ def _cmd_bench_search(args: argparse.Namespace) -> int:
     from transfer.elastic.search_bench import run_search_bench
 
     result = run_search_bench(args.workdir, repeats=args.repeats, rounds=args.rounds)
-    if args.serving:  # transfer cannot import serving: the serving figures are joined here
-        from serving.bench.variants_bench import run_variants_bench
-        from transfer.export.publish import REFERENCE
+    if args.serving:
+        from serving.bench.variants_bench import add_serving_figures
 
-        held = list(dict.fromkeys([REFERENCE, *(p["variant"] for p in result["front"])]))
-        if len(held) < 2:
-            result["serving_note"] = f"no serving figures: the front holds {held}, per-request needs two variants"
-        else:
-            serving = run_variants_bench(args.workdir, variants=held, progress=lambda line: print(f"  {line}"))
-            result.update({k: serving[k] for k in ("switch_ms", "memory_all_variants_ratio", "slo_within")})
-            result["serving_note"] = f"polyhead bench variants over {held} (the reference and the searched front)"
+        add_serving_figures(result, args.workdir, progress=lambda line: print(f"  {line}"))
     print(f"{'operating point':18s} {'b1 ms':>7s} {'b8 ms':>7s} {'mean mAP':>8s} {'drop':>6s}")
     for p in result["operating_points"]:
         print(f"{p['variant']:18s} {p['latency_b1_ms']:7.2f} {p['latency_b8_ms']:7.2f} {p['mean_map']:8.4f} "

@@ -18,3 +18,4 @@ def test_staged_variants_are_admitted_and_on_every_device_front(workspace, tmp_p
     assert staged["admitted"] and staged["pareto"]
     assert staged["pareto_by_device"] == {"cpu-x-2t": True, "cuda-y": True}  # the repository builder reads these
     assert json.loads(path.read_text())["admitted"] is False  # the source workspace is not touched
+

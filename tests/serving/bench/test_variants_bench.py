@@ -35,3 +35,11 @@ def test_the_targets_and_the_table_say_which_were_met():
     assert not any(missed.values())
     table = format_table(result(0.98, 0.97))
     assert "| static_best (ref) | 10 | 0 | 97.0 % |" in table and "98.0 % / 97.0 % | >= 99 % / < 95 % | no |" in table
+
+
+def test_search_serving_figures_need_a_second_variant(tmp_path):
+    from serving.bench.variants_bench import add_serving_figures
+
+    search = {"front": [{"variant": "reference"}], "switch_ms": None}
+    assert add_serving_figures(search, tmp_path) is search
+    assert search["switch_ms"] is None and "needs two variants" in search["serving_note"]
