@@ -10,7 +10,10 @@ version directory per variant, ``versions.json`` unchanged) and adds:
   shared (:mod:`serving.triton.backend.variants_model`);
 - the config parameter ``variant_table`` (:func:`variant_table`): per variant its accuracy (mean
   mAP over the tasks every variant was evaluated on) and ``latency_ms`` at batch 1 and 8 on the one
-  device key all of them have (:func:`transfer.export.device_keys.comparison_key`).
+  device key all of them have (:func:`transfer.export.device_keys.comparison_key`);
+- the config parameter ``shared_cpu_arena: "1"``: every onnxruntime session of the trunk's process
+  (variants and heads) allocates from one CPU arena, so holding six variants costs their weights,
+  not six peak-sized arenas.
 
 A request's variant: the request parameter ``variant`` (Triton's ensembles forward request
 parameters to their composing models, so ``detect`` and ``detect_<task>`` take it as ``trunk``
@@ -83,6 +86,7 @@ def configure_trunk(cfg: mc.ModelConfig, trunks: Sequence[TrunkArtifact]) -> Non
     """Make ``trunk``'s config load :data:`BACKEND_FILES` and carry :func:`variant_table` of ``trunks``."""
     cfg.default_model_filename = BACKEND_FILES[0]
     cfg.parameters["variant_table"].string_value = json.dumps(variant_table(trunks))
+    cfg.parameters["shared_cpu_arena"].string_value = "1"  # the variants take turns: one arena serves all
 
 
 def held_variants(repo: Path) -> list[str]:

@@ -23,7 +23,9 @@ as one batch: every trunk pass is one task, then the request's heads in that man
 ``heads_dir`` (see above); ``sha256`` (a head's file) or ``sha256_by_version`` (JSON
 ``{"<version>": sha256}``, the trunk's versions) or the per-task sha256 of ``heads``:
 ``initialize`` hashes each file it loads and refuses one that changed after the repository was
-built.
+built; ``shared_cpu_arena`` (``"1"``: every session of the process allocates its CPU buffers from
+one arena registered with onnxruntime's environment, so sessions that never run at once, such
+as the per-request variants, do not each keep a peak-sized arena).
 
 Execution providers: ``execution_providers`` is a JSON list, in order of preference, of
 ``{"name": "<onnxruntime provider>", "options": {"<key>": "<value>"}}`` (default: CPU only);
@@ -47,6 +49,23 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+_SHARED_ARENA: list[bool] = []  # registered once per process (onnxruntime refuses a second one)
+
+
+def session_options(params: dict) -> ort.SessionOptions:
+    """Session options from the config parameters: threads, no spinning, the shared CPU arena."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if params.get("shared_cpu_arena") == "1":
+        if not _SHARED_ARENA:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _SHARED_ARENA.append(True)
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
 
 class TritonPythonModel:
     """onnxruntime-backed leaf model (see module docstring)."""
@@ -61,10 +80,7 @@ class TritonPythonModel:
         self.name = f"{args['model_name']}:{args['model_version']}"
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(params)
         model, version = args["model_name"], str(args["model_version"])
         providers = ExecutionProviders(self.name, params, version, _instance_gpu(args))
         # parts, in run order: (session, served output name -> graph output name); a part's inputs

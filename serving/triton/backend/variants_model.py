@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
@@ -65,10 +64,7 @@ class TritonPythonModel(leaf.TritonPythonModel):
             raise pb_utils.TritonModelException(
                 f"{self.name}: parameters versions / variant_table unreadable ({err}); rebuild the repository "
                 "with `polyhead export --variants per-request`") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = leaf.session_options(params)
         trunk, heads = self.parts[0], self.parts[1:]
         self.variant_parts: dict[str, list] = {}
         for version, name in sorted(versions.items()):

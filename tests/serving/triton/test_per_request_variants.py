@@ -44,6 +44,7 @@ def test_the_mode_is_recorded_and_a_rebuild_from_build_json_keeps_it(served):
     assert read_options(summary.path).variants == "per_request"
     cfg = read_config(summary.path / "trunk/config.pbtxt")
     assert cfg.default_model_filename == "variants_model.py"
+    assert cfg.parameters["shared_cpu_arena"].string_value == "1"
     table = json.loads(cfg.parameters["variant_table"].string_value)
     assert [(r["name"], r["b1_ms"], r["b8_ms"]) for r in table] == [("ref", 10.0, 60.0), ("small", 5.0, 30.0)]
     assert held_variants(summary.path) == ["ref", "small"]
