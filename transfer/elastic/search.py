@@ -4,11 +4,11 @@ Each candidate's objectives are its predicted batch-1 latency on the target devi
 better; :mod:`transfer.elastic.latency_model`) and the mean mAP of every head (higher is better;
 :mod:`transfer.elastic.subnet_eval`). When the space holds no more sub-networks than the search
 would evaluate, every one is evaluated (exhaustive); otherwise an evolutionary search runs:
-seeds (largest, smallest, every uniform width at the deepest and shallowest depths, random ones),
-then per generation the best ``population`` by non-dominated rank (ties: spread along latency)
-breed children by crossover and mutation. Every evaluation is written to the state file at once,
-and every generation's draws come from ``seed + generation``, so an interrupted search resumes
-where it stopped and finds the same front.
+seeds (largest, smallest, one step down from the largest, every uniform width at the deepest and
+shallowest depths, random ones), then per generation the best ``population`` by non-dominated rank
+(ties: spread along latency) breed children by crossover and mutation. Every evaluation is written
+to the state file at once, and every generation's draws come from ``seed + generation``, so an
+interrupted search resumes where it stopped and finds the same front.
 """
 
 from __future__ import annotations
@@ -80,9 +80,30 @@ def rank(points: Mapping[str, tuple[float, float]]) -> list[str]:
 Objectives = Callable[[SubnetArch], dict]
 
 
+def near_largest(space: ElasticSpace) -> list[SubnetArch]:
+    """One step down from the largest: one block fewer in one stage, or one stage's widths one choice lower.
+
+    These lose the least accuracy, so they are where the admitted operating points are; a random
+    draw over the whole space almost never lands there.
+    """
+    largest, out = space.largest(), []
+    for s, choices in enumerate(space.depth_choices()):
+        if len(choices) > 1:
+            depths = list(largest.depths)
+            depths[s] = choices[-2]
+            out.append(space.canonical(SubnetArch(tuple(depths), largest.widths)))
+    lower = space.width_choices[-2] if len(space.width_choices) > 1 else None
+    for blocks in space.stage_blocks() if lower else ():
+        if any(space.elastic_block(i) for i in blocks):
+            widths = tuple(lower if i in blocks and space.elastic_block(i) else w for i, w in enumerate(largest.widths))
+            out.append(space.canonical(SubnetArch(largest.depths, widths)))
+    return out
+
+
 def _seeds(space: ElasticSpace, n: int, rng: random.Random) -> list[SubnetArch]:
+    """The first generation: the largest and smallest, one step down from the largest, uniform widths, random."""
     largest, smallest = space.largest(), space.smallest()
-    seeds = [largest, smallest]
+    seeds = [largest, smallest, *near_largest(space)]
     for depths in (largest.depths, smallest.depths):
         for w in space.width_choices:
             widths = tuple(w if w in space.width_options(i) else 1.0 for i in range(len(largest.widths)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,15 @@ from shared.artifacts import read_json
 from shared.errors import ConfigError
 from shared.trunk import TRUNK_SIZES
 from transfer.elastic.latency_model import fit, holdout_error, subnet_features
-from transfer.elastic.search import SearchSettings, choose, dominates, pareto_front, run_search
+from transfer.elastic.search import (
+    SearchSettings,
+    _seeds,
+    choose,
+    dominates,
+    near_largest,
+    pareto_front,
+    run_search,
+)
 from transfer.elastic.space import ElasticSpace, SubnetArch
 
 SPACE = ElasticSpace(TRUNK_SIZES["nano"], (0.5, 0.75, 1.0))  # 3^5 = 243 sub-networks
@@ -98,3 +108,14 @@ def test_latency_predictor_fits_linear_costs_and_reports_a_held_out_error() -> N
     err, n = holdout_error(x, noisy)
     assert n == 5 and 0.5 < err < 40
     assert np.allclose(x @ fit(x, y), y, rtol=0.02)
+
+
+def test_near_largest_is_one_step_down_and_seeds_the_search() -> None:
+    largest, near = SPACE.largest(), near_largest(SPACE)
+    assert near and largest not in near and len({a.key() for a in near}) == len(near)
+    for arch in near:
+        SPACE.validate(arch)
+        depth_steps = sum(a != b for a, b in zip(arch.depths, largest.depths))
+        narrowed = {w for w, full in zip(arch.widths, largest.widths) if w != full}
+        assert (depth_steps, narrowed) in ((1, set()), (0, {SPACE.width_choices[-2]})), arch.key()
+    assert _seeds(SPACE, 2 + len(near), random.Random(0))[2:] == near
