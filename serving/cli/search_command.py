@@ -26,17 +26,24 @@ def format_search(report) -> list[str]:  # noqa: ANN001 (a SearchReport; importi
     return lines
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected fractions like 0.5,0.75,1") from None
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from transfer.elastic.elastic_search import ElasticSettings, run_elastic_search
     from transfer.elastic.sandwich import SandwichSettings
     from transfer.elastic.search import SearchSettings
 
     settings = ElasticSettings(
-        sandwich=SandwichSettings(steps=args.steps, batch_size=args.batch_size),
+        sandwich=SandwichSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr),
         search=SearchSettings(population=args.population, generations=args.generations, seed=args.seed),
         max_images=args.max_images, keep=args.keep, archs=tuple(args.arch),
         latency_samples=args.latency_samples, train_images=args.train_images,
-        calibration_images=args.calibration_images,
+        calibration_images=args.calibration_images, width_choices=args.width_choices, max_drop=args.max_drop,
     )
     report = run_elastic_search(args.workdir, args.device, tuple(args.budget_ms), settings, log=print)
     for line in format_search(report):
@@ -60,15 +67,20 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--population", type=int, default=8, help="candidates per generation (default %(default)s)")
     s.add_argument("--generations", type=int, default=2, help="generations after the first (default %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="seed of the search (default %(default)s)")
-    s.add_argument("--steps", type=int, default=60, help="sandwich training steps (default %(default)s)")
+    s.add_argument("--steps", type=int, default=120, help="sandwich training steps (default %(default)s)")
     s.add_argument("--batch-size", type=int, default=8, help="images per sandwich step (default %(default)s)")
+    s.add_argument("--lr", type=float, default=1e-4, help="peak sandwich learning rate (default %(default)s)")
+    s.add_argument("--width-choices", type=_fractions, default=(0.75, 1.0), metavar="W,W,...",
+                   help="hidden-width fractions per block, ending at 1 (default 0.75,1)")
+    s.add_argument("--max-drop", type=int, default=1,
+                   help="most trailing blocks dropped in a stage of more than 3 blocks (default %(default)s)")
     s.add_argument("--max-images", type=int, default=50,
                    help="validation images per task in the search's mAP (default %(default)s)")
     s.add_argument("--latency-samples", type=int, default=24,
                    help="sub-networks timed for the latency predictor (default %(default)s)")
     s.add_argument("--train-images", type=int, default=400,
                    help="training images for the supernet (default %(default)s)")
-    s.add_argument("--calibration-images", type=int, default=256,
+    s.add_argument("--calibration-images", type=int, default=400,
                    help="images for each sub-network's BatchNorm recalibration (default %(default)s)")
     s.add_argument("--keep", type=int, default=6, help="front points published as variants (default %(default)s)")
     s.add_argument("--arch", action="append", default=[], metavar="A",

@@ -63,10 +63,10 @@ class ElasticSettings:
 
     sandwich: SandwichSettings = field(default_factory=SandwichSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
-    width_choices: tuple[float, ...] = (0.5, 0.75, 1.0)
-    max_drop: int = 2
+    width_choices: tuple[float, ...] = (0.75, 1.0)
+    max_drop: int = 1
     train_images: int = 400
-    calibration_images: int = 256
+    calibration_images: int = 400
     max_images: int = 50
     latency_samples: int = 24
     latency_repeats: int = 20

@@ -42,9 +42,9 @@ class SandwichSettings:
         seed: Seed of the batch order and the sub-network draws.
     """
 
-    steps: int = 60
+    steps: int = 120
     batch_size: int = 8
-    lr: float = 3e-4
+    lr: float = 1e-4
     random_subnets: int = 2
     response_weight: float = 1.0
     seed: int = 0

@@ -19,8 +19,8 @@ CASES = {
     ("measure",): ("measure_command", {"command": "measure", "device": "auto", "repeats": 30}),
     ("report",): ("report_command", {"command": "report", "workdir": DEFAULT_WORKDIR, "out": None}),
     ("search",): ("search_command", {
-        "command": "search", "device": "auto", "budget_ms": [], "population": 8, "generations": 2, "steps": 60,
-        "calibration_images": 256, "keep": 6,
+        "command": "search", "device": "auto", "budget_ms": [], "population": 8, "generations": 2, "steps": 120,
+        "calibration_images": 400, "keep": 6, "lr": 1e-4, "width_choices": (0.75, 1.0), "max_drop": 1,
     }),
     ("variant", "show"): ("variant_command", {"command": "variant", "verb": "show", "repository": None}),
     ("bench", "search"): ("bench_commands", {
@@ -120,3 +120,16 @@ def test_groups_need_a_known_subcommand(capsys, group, subcommands):
 
 def test_no_command_is_an_error(capsys):
     assert "the following arguments are required: command" in _error(capsys, [])
+
+
+def test_search_defaults_are_the_settings_defaults_and_bad_widths_are_named(capsys):
+    from transfer.elastic.elastic_search import ElasticSettings
+
+    args, want = build_parser().parse_args(["search"]), ElasticSettings()
+    assert (args.steps, args.lr, args.batch_size) == (want.sandwich.steps, want.sandwich.lr, want.sandwich.batch_size)
+    assert (args.width_choices, args.max_drop, args.calibration_images, args.train_images, args.max_images,
+            args.keep, args.latency_samples) == (want.width_choices, want.max_drop, want.calibration_images,
+                                                 want.train_images, want.max_images, want.keep, want.latency_samples)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--width-choices", "half,1"])
+    assert "'half,1': expected fractions like 0.5,0.75,1" in capsys.readouterr().err
