@@ -13,7 +13,9 @@ beside it, so it needs nothing on ``sys.path``) with two changes:
   ``variant``, else the repository's ``live_variant.json``, else the loaded version's variant),
   answers a request naming a variant that is not held with an error listing the held ones (the
   other requests of the execute are still run), and runs each variant's requests with
-  ``model.py``'s code on that variant's parts.
+  ``model.py``'s code on that variant's parts; Triton's metrics endpoint counts the requests each
+  variant answered (:data:`ANSWERED_METRIC`, labels ``model`` and ``variant``), so what ``auto``
+  chose is visible in Prometheus.
 
 Config parameters read besides ``model.py``'s: ``versions`` and ``variant_table`` (JSON list of
 ``{"name", "accuracy", "b1_ms", "b8_ms"}``: what ``auto`` ranks and predicts with).
@@ -42,6 +44,23 @@ def _sibling(module: str, file: str) -> ModuleType:
 
 leaf = _sibling("polyhead_leaf_model", "model.py")
 choice = _sibling("polyhead_variant_choice", "variant_choice.py")
+
+
+#: Triton metric (on its ``/metrics`` endpoint) counting the requests each held variant answered.
+ANSWERED_METRIC = "polyhead_variant_requests_total"
+
+
+def _answered_counters(model: str, variants: list[str]) -> tuple[object, dict]:
+    """The family of :data:`ANSWERED_METRIC` and one counter per variant (labels ``model``, ``variant``).
+
+    ``(None, {})`` without the python backend's custom metrics (Triton < 23.05).
+    """
+    family_type = getattr(pb_utils, "MetricFamily", None)
+    if family_type is None:
+        return None, {}
+    family = family_type(name=ANSWERED_METRIC, kind=family_type.COUNTER,
+                         description="requests answered per trunk variant (per-request variants mode)")
+    return family, {name: family.Metric(labels={"model": model, "variant": name}) for name in variants}
 
 
 class TritonPythonModel(leaf.TritonPythonModel):
@@ -87,6 +106,7 @@ class TritonPythonModel(leaf.TritonPythonModel):
                 for name in self.variant_parts]
         self.choice = choice.VariantChoice(held, versions.get(loaded, held[0].name),
                                            model_dir.parent / choice.LIVE_VARIANT_FILE)
+        self.answered_family, self.answered = _answered_counters(args["model_name"], list(self.variant_parts))
 
     def execute(self, requests: list) -> list:
         """Resolve every request's variant, then run each variant's requests with ``model.py``'s ``execute``.
@@ -110,11 +130,15 @@ class TritonPythonModel(leaf.TritonPythonModel):
             self.parts, self._stage_cache = self.variant_parts[name], self.variant_caches[name]
             for idx, response in zip(members, super().execute([requests[i] for i in members]), strict=True):
                 responses[idx] = response
+        for name, members in groups.items():
+            if name in self.answered:
+                self.answered[name].increment(len(members))
         if groups:
             self.choice.observe({n: len(m) for n, m in groups.items()}, (time.perf_counter() - start) * 1e3)
         return responses
 
     def finalize(self) -> None:
-        """Release every variant's sessions."""
-        self.variant_parts = {}
+        """Release every variant's sessions and counters (the counters before their family)."""
+        self.variant_parts, self.answered = {}, {}
+        self.answered_family = None
         super().finalize()

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -126,3 +127,26 @@ def test_polyhead_variant_set_writes_the_default_and_refuses_a_variant_not_held(
     assert "held variants: ['ref', 'small']" in capsys.readouterr().err
     assert main(["variant", "set", "auto", "--repository", str(summary.path)]) == 2  # auto needs an objective
     assert read_live_variant(summary.path)["variant"] == "small"
+
+
+def _answered(server: EmbeddedTriton) -> dict[str, float]:
+    """``polyhead_variant_requests_total`` per variant, read from Triton's own metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    return {s.labels["variant"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "polyhead_variant_requests_total" and s.labels.get("model") == "trunk"}
+
+
+def test_triton_metrics_count_the_requests_each_variant_answered(served, fakes):
+    _, summary, server = served
+    image = fakes.random_images(1)[0]
+    before = _answered(server)
+    assert set(before) == {"ref", "small"}  # one counter per held variant, from the load on
+    with Detector(server.url) as det:
+        for variant in ("small", "small", "ref"):
+            det.detect(image, tasks="cars", variant=variant)
+        write_live_variant(summary.path, "auto", objective_ms=1000.0)  # auto answers with the most accurate
+        det.detect(image, tasks="cars")
+    after = _answered(server)
+    assert after["small"] - before["small"] == 2 and after["ref"] - before["ref"] == 2
