@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import compose
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -28,6 +27,7 @@ from serving.bench.load_generator import interleaved
 from serving.triton import model_configs as mcfg
 from serving.triton.repository import BACKEND_MODEL_PY, precompile_backend
 from shared.artifacts import atomic_write_json, read_json, sha256_file
+from shared.onnx_session import cpu_session
 from shared.workspace import Workspace
 
 FEATURES = ("p3", "p4", "p5")
@@ -140,15 +140,6 @@ def inprocess_repository(ws: Workspace, out: Path, tasks: list[str], variant: st
     return INPROCESS_MODEL
 
 
-def ort_session(path: Path, threads: int) -> ort.InferenceSession:
-    """An onnxruntime session with the python backend's options (see ``serving/triton/backend/model.py``)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def trunk_and_head_ms(ws: Workspace, task: str, variant: str, image: np.ndarray, seconds: float) -> dict[str, float]:
     """Compute time (p50 ms, one thread, in process) of the trunk ``variant`` and of ``task``'s head.
 
@@ -161,8 +152,8 @@ def trunk_and_head_ms(ws: Workspace, task: str, variant: str, image: np.ndarray,
     Returns:
         ``{"trunk_ms": T, "head_ms": H}``.
     """
-    trunk = ort_session(ws.variant(variant) / "model.onnx", 1)
-    head = ort_session(ws.head(task) / "model.onnx", 1)
+    trunk = cpu_session(ws.variant(variant) / "model.onnx", 1)
+    head = cpu_session(ws.head(task) / "model.onnx", 1)
     feeds = dict(zip(FEATURES, trunk.run(list(FEATURES), {"images": image}), strict=True))
     both = interleaved({"trunk": lambda: trunk.run(list(FEATURES), {"images": image}),
                         "head": lambda: head.run(None, feeds)}, seconds)

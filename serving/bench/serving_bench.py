@@ -47,7 +47,6 @@ from tritonclient import grpc as grpcclient
 from serving.bench.baselines import (
     independent_repository,
     inprocess_repository,
-    ort_session,
     replicate_workspace,
     sharing_ceiling,
     trunk_and_head_ms,
@@ -60,6 +59,7 @@ from serving.triton.processes import group_cpu_s, group_memory_mib
 from serving.triton.repository import build_repository
 from shared.artifacts import read_json, sha256_file
 from shared.errors import ServingError
+from shared.onnx_session import cpu_session
 from shared.workspace import Workspace
 from transfer.export.device_keys import cpu_model
 
@@ -152,8 +152,8 @@ def _ort_fanout(ws: Workspace, tasks: list[str], variant: str, image: np.ndarray
     ``request_workers`` chunks run side by side as its backend does for one request.
     """
     opts = mcfg.RepositoryOptions(heads_layout=layout)
-    trunk = ort_session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
-    heads = [ort_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
+    trunk = cpu_session(ws.variant(variant) / "model.onnx", opts.trunk_threads)
+    heads = [cpu_session(ws.head(t) / "model.onnx", opts.head_threads) for t in tasks]
     names = [i.name for i in heads[0].get_inputs()]  # p3, p4, p5
     ways = opts.request_workers if layout == "in_trunk" else 1
     chunks = [heads[i::ways] for i in range(ways) if heads[i::ways]]

@@ -23,6 +23,7 @@ from heads.postprocess import PostprocessConfig
 from shared.artifacts import atomic_write_bytes
 from shared.contract import FeatureSpec
 from shared.errors import ArtifactError
+from shared.onnx_session import cpu_session
 from shared.trunk import Trunk
 
 OPSET = 17
@@ -49,20 +50,7 @@ def export_onnx_bytes(module: nn.Module, args: tuple, inputs: list[str], outputs
     return _export_bytes(module, args, inputs, outputs)
 
 
-def session(path_or_bytes: str | Path | bytes, threads: int = 1):
-    """An onnxruntime CPU session with ``threads`` intra-op threads and spinning off."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    try:
-        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        what = "the exported model" if isinstance(path_or_bytes, bytes) else path_or_bytes
-        raise ArtifactError(f"onnxruntime cannot load {what}: {exc}; re-export it") from None
+session = cpu_session  # the name the transfer layer has always used
 
 
 def export_trunk(trunk: Trunk, path: str | Path, input_size: int, check_images: torch.Tensor | None = None) -> float:
