@@ -64,7 +64,7 @@ def register(sub: Subparsers) -> None:
                    help="where latency is measured: cpu (onnxruntime), cuda, auto = cuda when available (default)")
     s.add_argument("--budget-ms", type=float, action="append", default=[], metavar="X",
                    help="batch-1 latency budget; the most accurate front point within it is published (repeat)")
-    s.add_argument("--population", type=int, default=8, help="candidates per generation (default %(default)s)")
+    s.add_argument("--population", type=int, default=12, help="candidates per generation (default %(default)s)")
     s.add_argument("--generations", type=int, default=2, help="generations after the first (default %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="seed of the search (default %(default)s)")
     s.add_argument("--steps", type=int, default=120, help="sandwich training steps (default %(default)s)")
@@ -82,7 +82,7 @@ def register(sub: Subparsers) -> None:
                    help="training images for the supernet (default %(default)s)")
     s.add_argument("--calibration-images", type=int, default=400,
                    help="images for each sub-network's BatchNorm recalibration (default %(default)s)")
-    s.add_argument("--keep", type=int, default=6, help="front points published as variants (default %(default)s)")
+    s.add_argument("--keep", type=int, default=8, help="front points published as variants (default %(default)s)")
     s.add_argument("--arch", action="append", default=[], metavar="A",
                    help="also evaluate and publish this architecture: largest, smallest or JSON "
                         '{"depths": [...], "widths": [...]} (repeat)')

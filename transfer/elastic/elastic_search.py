@@ -70,7 +70,7 @@ class ElasticSettings:
     max_images: int = 50
     latency_samples: int = 24
     latency_repeats: int = 20
-    keep: int = 6
+    keep: int = 8
     archs: tuple[str, ...] = ()
 
 

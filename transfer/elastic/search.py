@@ -37,7 +37,7 @@ class SearchSettings:
         seed: Seed of the draws.
     """
 
-    population: int = 8
+    population: int = 12
     generations: int = 2
     mutate_prob: float = 0.15
     seed: int = 0
