@@ -339,7 +339,10 @@ def format_table(result: dict) -> str:
 
 
 def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[str], None] | None = None) -> dict:
-    """Fill ``bench search``'s serving keys with :func:`run_variants_bench` over the reference and the searched front.
+    """Fill ``bench search``'s serving keys with :func:`run_variants_bench` over the reference and the operating points.
+
+    The per-request backend holds what the catalogue admits (issue 16: "every admitted variant"):
+    the reference and the admitted sub-networks of the search, not the refused ones of its front.
 
     ``transfer`` (where the search benchmark lives) cannot import ``serving``, so the two are joined here.
 
@@ -353,11 +356,12 @@ def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[s
     """
     from transfer.export.publish import REFERENCE
 
-    held = list(dict.fromkeys([REFERENCE, *(p["variant"] for p in search["front"])]))
+    held = list(dict.fromkeys([REFERENCE, *(p["variant"] for p in search["operating_points"])]))
     if len(held) < 2:
-        search["serving_note"] = f"no serving figures: the front holds {held}, per-request needs two variants"
+        search["serving_note"] = (f"no serving figures: the admitted variants are {held}, per-request needs two; "
+                                  "run `polyhead search` until one sub-network is admitted")
         return search
     serving = run_variants_bench(workdir, variants=held, progress=progress)
     search.update({k: serving[k] for k in ("switch_ms", "memory_all_variants_ratio", "slo_within")})
-    search["serving_note"] = f"polyhead bench variants over {held} (the reference and the searched front)"
+    search["serving_note"] = f"polyhead bench variants over {held} (the reference and the admitted sub-networks)"
     return search

@@ -37,9 +37,11 @@ def test_the_targets_and_the_table_say_which_were_met():
     assert "| static_best (ref) | 10 | 0 | 97.0 % |" in table and "98.0 % / 97.0 % | >= 99 % / < 95 % | no |" in table
 
 
-def test_search_serving_figures_need_a_second_variant(tmp_path):
+def test_search_serving_figures_hold_only_admitted_variants_and_need_a_second_one(tmp_path):
     from serving.bench.variants_bench import add_serving_figures
 
-    search = {"front": [{"variant": "reference"}], "switch_ms": None}
+    # a refused front point is not served: with none admitted there is nothing to switch to
+    search = {"front": [{"variant": "elastic-refused"}], "operating_points": [], "switch_ms": None}
     assert add_serving_figures(search, tmp_path) is search
-    assert search["switch_ms"] is None and "needs two variants" in search["serving_note"]
+    assert search["switch_ms"] is None
+    assert "the admitted variants are ['reference'], per-request needs two" in search["serving_note"]
