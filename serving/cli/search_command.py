@@ -67,9 +67,9 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--population", type=int, default=12, help="candidates per generation (default %(default)s)")
     s.add_argument("--generations", type=int, default=2, help="generations after the first (default %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="seed of the search (default %(default)s)")
-    s.add_argument("--steps", type=int, default=120, help="sandwich training steps (default %(default)s)")
+    s.add_argument("--steps", type=int, default=240, help="sandwich training steps (default %(default)s)")
     s.add_argument("--batch-size", type=int, default=8, help="images per sandwich step (default %(default)s)")
-    s.add_argument("--lr", type=float, default=1e-4, help="peak sandwich learning rate (default %(default)s)")
+    s.add_argument("--lr", type=float, default=5e-5, help="peak sandwich learning rate (default %(default)s)")
     s.add_argument("--width-choices", type=_fractions, default=(0.75, 1.0), metavar="W,W,...",
                    help="hidden-width fractions per block, ending at 1 (default 0.75,1)")
     s.add_argument("--max-drop", type=int, default=1,

@@ -42,9 +42,9 @@ class SandwichSettings:
         seed: Seed of the batch order and the sub-network draws.
     """
 
-    steps: int = 120
+    steps: int = 240
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 5e-5
     random_subnets: int = 2
     response_weight: float = 1.0
     seed: int = 0

@@ -19,8 +19,8 @@ CASES = {
     ("measure",): ("measure_command", {"command": "measure", "device": "auto", "repeats": 30}),
     ("report",): ("report_command", {"command": "report", "workdir": DEFAULT_WORKDIR, "out": None}),
     ("search",): ("search_command", {
-        "command": "search", "device": "auto", "budget_ms": [], "population": 12, "generations": 2, "steps": 120,
-        "calibration_images": 400, "keep": 8, "lr": 1e-4, "width_choices": (0.75, 1.0), "max_drop": 1,
+        "command": "search", "device": "auto", "budget_ms": [], "population": 12, "generations": 2, "steps": 240,
+        "calibration_images": 400, "keep": 8, "lr": 5e-5, "width_choices": (0.75, 1.0), "max_drop": 1,
     }),
     ("variant", "show"): ("variant_command", {"command": "variant", "verb": "show", "repository": None}),
     ("bench", "search"): ("bench_commands", {
