@@ -130,7 +130,6 @@ class TritonPythonModel(leaf.TritonPythonModel):
             self.parts, self._stage_cache = self.variant_parts[name], self.variant_caches[name]
             for idx, response in zip(members, super().execute([requests[i] for i in members]), strict=True):
                 responses[idx] = response
-        for name, members in groups.items():
             if name in self.answered:
                 self.answered[name].increment(len(members))
         if groups:
