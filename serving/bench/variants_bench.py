@@ -8,7 +8,14 @@ Three figures (issue 16, item 4), on staged copies of the workspace (the source 
 * ``memory_all_variants_ratio``: RSS of the server process group (tritonserver and its stub)
   holding every variant per request / holding only the most accurate one, after the same warm-up.
 * ``slo_within``: share of requests within the objective (answered and no slower) under one bursty
-  trace of closed-loop clients (steps and spikes of concurrency), the same trace for every mode:
+  trace, the same trace for every mode. ``load="closed"``: steps and spikes of closed-loop
+  clients (a client sends its next request when the previous one came back). ``load="open"``:
+  Poisson arrivals whose rate steps and spikes (:mod:`serving.bench.open_loop`), the rate given
+  as a multiple of the most accurate variant's measured capacity (requests per second under 8
+  closed-loop clients); latency counts from the scheduled arrival, so a queue that builds shows.
+  Each mode also reports ``served_map``: the mean mAP of the variants that answered, per request
+  (per-request: from the backend's ``polyhead_variant_requests_total``; reload: the variant live
+  when the request was sent):
 
   - ``per_request``: one server holding every variant, default ``auto`` (the backend picks per
     execute from its queue depth, :mod:`serving.triton.backend.variant_choice`);
@@ -18,6 +25,7 @@ Three figures (issue 16, item 4), on staged copies of the workspace (the source 
   - ``static_<variant>``: that variant served alone the whole trace; ``static_best`` is the most
     accurate one (the one a fixed deployment would pick for accuracy).
 
+Requests carry validation photos of the workspace (random images only where none is found).
 The objective (unless given) is set from the static runs: ``max(1.2 x p99 of the fastest variant,
 sqrt(p99 fastest x p95 most accurate))``, so the fastest variant alone keeps it and the most
 accurate alone does not.
@@ -31,6 +39,7 @@ import math
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -38,6 +47,7 @@ import numpy as np
 
 from serving.bench.controller_bench import _admitted, machine, staging_workspace
 from serving.bench.load_generator import ClosedLoopLoad, Sample, percentiles_ms
+from serving.bench.open_loop import OpenLoopLoad, arrival_times
 from serving.client import Detector
 from serving.controller import ControllerConfig, Policy, TrunkSwitcher, read_variants
 from serving.triton.embedded_server import EmbeddedTriton
@@ -49,26 +59,39 @@ from shared.errors import ConfigError
 
 #: ``(seconds, clients)`` phases: a base, a step, back, a spike, a small step, a spike, back.
 DEFAULT_TRACE = ((4.0, 1), (4.0, 6), (3.0, 1), (2.0, 8), (3.0, 2), (2.0, 8), (3.0, 1))
+#: ``(seconds, load factor)`` phases of the open-loop load, the same shape: the factor times the
+#: most accurate variant's capacity is the arrival rate; the spikes exceed that capacity.
+DEFAULT_OPEN_TRACE = ((4.0, 0.3), (4.0, 0.8), (3.0, 0.3), (2.0, 1.25), (3.0, 0.5), (2.0, 1.25), (3.0, 0.3))
+#: The per-request backend's counter of answered requests (``serving/triton/backend/variants_model.py``,
+#: which runs in Triton's stub and cannot be imported here).
+ANSWERED_METRIC = "polyhead_variant_requests_total"
+#: The two kinds of load (see the module docstring).
+LOADS = ("closed", "open")
 
 
-def parse_trace(text: str) -> tuple[tuple[float, int], ...]:
-    """``"4x1,4x6,2x8"`` (SECONDSxCLIENTS items) -> ``((4.0, 1), (4.0, 6), (2.0, 8))``.
+def parse_trace(text: str, load: str = "closed") -> tuple[tuple[float, float], ...]:
+    """``"4x1,4x6,2x8"`` (SECONDSxVALUE items) -> ``((4.0, 1), (4.0, 6), (2.0, 8))``.
+
+    VALUE is a number of clients (``load="closed"``: an integer >= 1) or a load factor, the
+    arrival rate over the most accurate variant's capacity (``load="open"``: a number >= 0).
 
     Raises:
-        ConfigError: An item that is not ``SECONDSxCLIENTS`` with seconds > 0 and clients >= 1.
+        ConfigError: An item that is not ``SECONDSxVALUE`` with seconds > 0 and a value as above.
     """
+    example = "4x1,4x6,2x8" if load == "closed" else "4x0.3,4x0.8,2x1.25"
+    what = "CLIENTS (an integer >= 1)" if load == "closed" else "LOAD (a multiple of the capacity, >= 0)"
     phases = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
-        seconds, sep, clients = item.partition("x")
+        seconds, sep, value = item.partition("x")
         try:
-            phase = (float(seconds), int(clients))
+            phase = (float(seconds), int(value) if load == "closed" else float(value))
         except ValueError:
-            phase = (0.0, 0)
-        if not sep or phase[0] <= 0 or phase[1] < 1:
-            raise ConfigError(f"trace item {item!r}: expected SECONDSxCLIENTS, e.g. 4x1,4x6,2x8")
+            phase = (0.0, -1)
+        if not sep or phase[0] <= 0 or phase[1] < (1 if load == "closed" else 0):
+            raise ConfigError(f"trace item {item!r}: expected SECONDSx{what}, e.g. {example}")
         phases.append(phase)
     if not phases:
-        raise ConfigError(f"trace {text!r} has no phase; write SECONDSxCLIENTS items, e.g. 4x1,4x6,2x8")
+        raise ConfigError(f"trace {text!r} has no phase; write SECONDSx{what} items, e.g. {example}")
     return tuple(phases)
 
 
@@ -111,6 +134,54 @@ def run_trace(url: str, images: Sequence[np.ndarray], trace: Sequence[tuple[floa
 def share_within(samples: Sequence[Sample], objective_s: float) -> float | None:
     """Share of requests answered within ``objective_s`` (failed ones count as outside)."""
     return sum(1 for s in samples if s.ok and s.latency_s <= objective_s) / len(samples) if samples else None
+
+
+def answered_per_variant(metrics_url: str) -> dict[str, float]:
+    """``polyhead_variant_requests_total`` of the ``trunk`` model per variant, from Triton's metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return {s.labels["variant"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == ANSWERED_METRIC and s.labels.get("model") == "trunk"}  # fmt: skip
+
+
+def served_map(counts: dict[str, float], maps: dict[str, float]) -> float | None:
+    """Mean mAP per request of the variants that answered ``counts`` requests each (``None``: none answered)."""
+    total = sum(counts.get(v, 0) for v in maps)
+    return round(sum(counts.get(v, 0) * m for v, m in maps.items()) / total, 4) if total else None
+
+
+def _live_at(samples: Sequence[Sample], first: str, switches: Sequence[tuple]) -> dict[str, float]:
+    """Requests per variant live when each was sent, from the reload controller's ``(t, from, to, s)`` switches."""
+    counts: dict[str, float] = {}
+    for s in samples:
+        live = first
+        for t, _, to, _ in switches:
+            if t <= s.t:
+                live = to
+        counts[live] = counts.get(live, 0) + 1
+    return counts
+
+
+def _photos(workdir: Path, size: int, n: int = 4) -> list[np.ndarray]:
+    """Up to ``n`` validation photos of the workspace's tasks, else ``n`` random ``size`` x ``size`` images."""
+    from transfer.data.images import read_rgb
+    from transfer.report.drawing import pick_images
+    from transfer.report.inputs import load_inputs
+
+    with contextlib.suppress(Exception):  # a workspace without readable splits still benchmarks
+        paths = pick_images(load_inputs(workdir).vals)[:n]
+        if paths:
+            return [read_rgb(p) for p in paths]
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def capacity_per_s(url: str, images: Sequence[np.ndarray], clients: int = 8, seconds: float = 4.0) -> float:
+    """Answered requests per second of the server's default variant under ``clients`` closed-loop clients."""
+    with ClosedLoopLoad(_clients(url, images, None), clients, join_timeout_s=35.0) as load:
+        time.sleep(seconds)
+    return load.ok_per_s()
 
 
 class ReloadController:
@@ -210,28 +281,34 @@ def _figures(samples: Sequence[Sample], objective_s: float) -> dict:
 def run_variants_bench(
     workdir: str | Path,
     variants: Sequence[str] | None = None,
-    trace: Sequence[tuple[float, int]] = DEFAULT_TRACE,
+    trace: Sequence[tuple[float, float]] | None = None,
     objective_ms: float | None = None,
     switch_s: float = 20.0,
     tick_s: float = 0.5,
     progress: Callable[[str], None] | None = None,
+    load: str = "closed",
 ) -> dict:
     """Measure ``switch_ms``, ``memory_all_variants_ratio`` and ``slo_within`` (see the module docstring).
 
     Args:
         workdir: Workspace with trunk variants and heads.
         variants: Trunk variants to hold (admitted or not; default: the admitted, Pareto-optimal ones).
-        trace: ``(seconds, clients)`` phases of the bursty load.
+        trace: Phases of the bursty load: ``(seconds, clients)`` closed, ``(seconds, load factor)``
+            open (default :data:`DEFAULT_TRACE` / :data:`DEFAULT_OPEN_TRACE`).
         objective_ms: Per-request latency objective (default: chosen from the static runs).
         switch_s: Seconds of the interleaved switch measurement.
         tick_s: Evaluation period of the reload controller.
         progress: Called with one line per phase.
+        load: ``"closed"`` or ``"open"`` (see the module docstring).
 
     Raises:
-        ConfigError: Fewer than two variants.
+        ConfigError: Fewer than two variants, or an unknown ``load``.
     """
     say = progress or (lambda _line: None)
     workdir = Path(workdir)
+    if load not in LOADS:
+        raise ConfigError(f"load {load!r} is not one of {list(LOADS)}")
+    trace = tuple(trace or (DEFAULT_TRACE if load == "closed" else DEFAULT_OPEN_TRACE))
     names = list(variants or _admitted(workdir))
     if len(names) < 2:
         raise ConfigError(f"per-request variants need at least two variants; {workdir}/trunk has {names} admitted; "
@@ -242,14 +319,14 @@ def run_variants_bench(
         ladder = sorted(read_variants(tmp / "all", {i + 1: n for i, n in enumerate(sorted(names))}),
                         key=lambda v: (-v.accuracy, v.name))  # fmt: skip
         best, fastest = ladder[0], min(ladder, key=lambda v: (v.latency_ms or math.inf, v.name))
+        maps = {v.name: v.accuracy for v in ladder}
         staging_workspace(workdir, [best.name], tmp / "one")
         per_request = RepositoryOptions(heads_layout="in_trunk", variants="per_request")
         every = build_repository(tmp / "all", out=tmp / "repo-all", options=per_request)
         single = build_repository(tmp / "one", out=tmp / "repo-one", options=per_request)
         versions = build_repository(tmp / "all", out=tmp / "repo-versions",
                                     options=RepositoryOptions(heads_layout="in_trunk"))  # fmt: skip
-        rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (every.input_size, every.input_size, 3), dtype=np.uint8) for _ in range(4)]
+        images = _photos(workdir, every.input_size)
         say(f"memory: one variant ({best.name}) vs all of {[v.name for v in ladder]}")
         with _serve(single.path) as server:
             _warm(server.url, images, [None])
@@ -261,13 +338,32 @@ def run_variants_bench(
             switch = _switch_ms(server.url, images, best.name, fastest.name, switch_s)
         runs: dict[str, dict] = {}
         by_version = {n: v for v, n in versions.trunk_versions.items()}
+        times: list[float] = []
+        capacity = None
+
+        def drive(url: str, controller: ReloadController | None = None) -> list[Sample]:
+            if load == "closed":
+                return run_trace(url, images, trace, on_tick=controller.tick if controller else None, tick_s=tick_s)
+            generator = OpenLoopLoad(_clients(url, images, None), senders=32)
+            if controller is not None:
+                controller.tick(generator)
+            return generator.run(times)
+
         with _serve(versions.path) as server:
             switcher = TrunkSwitcher(server.url, versions.path)
+            if load == "open":
+                switcher.apply(best)
+                _warm(server.url, images, [None])
+                capacity = round(capacity_per_s(server.url, images), 1)
+                times = arrival_times([(sec, f * capacity) for sec, f in trace])
+                say(f"open loop: {best.name} answers {capacity:g} requests/s under 8 clients; "
+                    f"{len(times)} arrivals")  # fmt: skip
             for v in ladder:
                 say(f"static {v.name}: trace of {sum(s for s, _ in trace):g} s")
                 switcher.apply(v)
                 _warm(server.url, images, [None])
-                runs[f"static_{v.name}"] = {"samples": run_trace(server.url, images, trace)}
+                samples = drive(server.url)
+                runs[f"static_{v.name}"] = {"samples": samples, "served_map": round(v.accuracy, 4)}
             lat = {n: [s.latency_s for s in r["samples"] if s.ok] for n, r in runs.items()}
             if objective_ms is None:
                 p99_fast = float(np.percentile(lat[f"static_{fastest.name}"], 99))
@@ -282,24 +378,30 @@ def run_variants_bench(
                                       breach_evals=1, recover_evals=2)  # fmt: skip
             policy_ladder = read_variants(tmp / "all", versions.path)
             with ReloadController(Policy(policy_ladder, config, best.name), switcher, versions.tasks, tick_s) as ctl:
-                runs["reload"] = {"samples": run_trace(server.url, images, trace, on_tick=ctl.tick, tick_s=tick_s),
-                                  "switches": ctl.switches}  # fmt: skip
+                samples = drive(server.url, ctl)
+            runs["reload"] = {"samples": samples, "switches": ctl.switches,
+                              "served_map": served_map(_live_at(samples, best.name, ctl.switches), maps)}  # fmt: skip
         with _serve(every.path) as server:
             write_live_variant(every.path, AUTO, objective_ms)
             say(f"per-request: auto within {objective_ms:g} ms")
             _warm(server.url, images, [v.name for v in ladder])
-            runs["per_request"] = {"samples": run_trace(server.url, images, trace)}
-    figures = {name: {**_figures(r["samples"], objective_s), **({"switches": r["switches"]} if "switches" in r
-               else {})} for name, r in runs.items()}  # fmt: skip
+            before = answered_per_variant(server.metrics_url)
+            samples = drive(server.url)
+            after = answered_per_variant(server.metrics_url)
+            answered = {v: after.get(v, 0) - before.get(v, 0) for v in maps}
+            runs["per_request"] = {"samples": samples, "answered": answered, "served_map": served_map(answered, maps)}
+    figures = {name: {**_figures(r["samples"], objective_s), **{k: r[k] for k in ("switches", "answered", "served_map")
+               if k in r}} for name, r in runs.items()}  # fmt: skip
     figures["static_best"] = {**figures[f"static_{best.name}"], "variant": best.name}
     return {
         "workdir": str(workdir), "machine": machine(), "forced_variants": forced, "tasks": list(every.tasks),
         "variants": [{"name": v.name, "map": round(v.accuracy, 4), "latency_ms": v.latency_ms} for v in ladder],
-        "trace": [list(p) for p in trace], "objective_ms": objective_ms,
+        "load": load, "trace": [list(p) for p in trace], "capacity_per_s": capacity, "objective_ms": objective_ms,
         "switch_ms": switch["switch_ms"], "switch": switch,
         "memory_mib": {"one": memory_one, "all": memory_all},
         "memory_all_variants_ratio": round(memory_all["rss_mib"] / memory_one["rss_mib"], 3),
         "slo_within": {name: f["within"] for name, f in figures.items()},
+        "served_map": {name: f.get("served_map") for name, f in figures.items()},
         "runs": figures,
     }  # fmt: skip
 
@@ -318,8 +420,8 @@ def format_table(result: dict) -> str:
     met = targets(result)
     mem = result["memory_mib"]
     lines = [
-        f"objective {result['objective_ms']:g} ms per request (fan-out over {len(result['tasks'])} tasks); trace "
-        f"{', '.join(f'{s:g} s x {c}' for s, c in result['trace'])} clients", "",
+        f"objective {result['objective_ms']:g} ms per request (fan-out over {len(result['tasks'])} tasks); "
+        + _trace_text(result), "",
         "| figure | value | target | met |", "|---|---|---|---|",
         f"| switch_ms (p50 after a change - p50 after the same) | {result['switch_ms']:.3f} ms | < 1 ms | "
         f"{'yes' if met['switch_below_1ms'] else 'no'} |",
@@ -329,13 +431,23 @@ def format_table(result: dict) -> str:
         f"| slo_within per_request / static_best | {100 * (result['slo_within']['per_request'] or 0):.1f} % / "
         f"{100 * (result['slo_within']['static_best'] or 0):.1f} % | >= 99 % / < 95 % | "
         f"{'yes' if met['per_request_99_static_best_below_95'] else 'no'} |", "",
-        "| mode | requests | failed | within objective | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|",
+        "| mode | requests | failed | within objective | served mAP | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, f in result["runs"].items():
         label = f"{name} ({f['variant']})" if "variant" in f else name
-        lines.append(f"| {label} | {f['requests']} | {f['failed']} | {100 * (f['within'] or 0):.1f} % | "
+        served = f"{f['served_map']:.3f}" if f.get("served_map") is not None else "-"
+        lines.append(f"| {label} | {f['requests']} | {f['failed']} | {100 * (f['within'] or 0):.1f} % | {served} | "
                      f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f} | {f['p99_ms']:.1f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _trace_text(result: dict) -> str:
+    phases = ", ".join(f"{s:g} s x {c:g}" for s, c in result["trace"])
+    if result.get("load") == "open":
+        return (f"open-loop Poisson arrivals, trace {phases} x the most accurate variant's capacity "
+                f"({result['capacity_per_s']:g} requests/s)")
+    return f"closed-loop trace {phases} clients"
 
 
 def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[str], None] | None = None) -> dict:

@@ -11,16 +11,21 @@ import shlex
 import sys
 from pathlib import Path
 
+from serving.bench.variants_bench import DEFAULT_OPEN_TRACE, DEFAULT_TRACE, LOADS
 from serving.cli.options import Subparsers, add_workdir
 
 
+def _text(trace: tuple) -> str:
+    return ",".join(f"{s:g}x{v:g}" for s, v in trace)
+
+
 def _cmd_bench_variants(args: argparse.Namespace) -> int:
-    from serving.bench.variants_bench import DEFAULT_TRACE, format_table, parse_trace, run_variants_bench
+    from serving.bench.variants_bench import format_table, parse_trace, run_variants_bench
 
     result = run_variants_bench(
         args.workdir, [n for n in args.variants.split(",") if n] if args.variants else None,
-        parse_trace(args.trace) if args.trace else DEFAULT_TRACE, args.objective_ms, switch_s=args.switch_seconds,
-        tick_s=args.tick, progress=lambda line: print(line, flush=True),
+        parse_trace(args.trace, args.load) if args.trace else None, args.objective_ms, switch_s=args.switch_seconds,
+        tick_s=args.tick, progress=lambda line: print(line, flush=True), load=args.load,
     )  # fmt: skip
     result["command"] = shlex.join(["polyhead", *sys.argv[1:]])
     print(format_table(result))
@@ -42,8 +47,11 @@ def register(bench: Subparsers) -> None:
     b.add_argument("--json", help="write the result here")
     b.add_argument("--variants", metavar="A,B", help="trunk variants to hold, admitted or not (reported); "
                                                      "default: the admitted, Pareto-optimal ones")
-    b.add_argument("--trace", metavar="SxN,SxN", help="bursty load: SECONDSxCLIENTS phases "
-                                                      "(default 4x1,4x6,3x1,2x8,3x2,2x8,3x1)")
+    b.add_argument("--load", choices=LOADS, default="closed",
+                   help="closed: phases of closed-loop clients; open: Poisson arrivals at a multiple of the most "
+                        "accurate variant's capacity, latency counted from the arrival (default %(default)s)")
+    b.add_argument("--trace", metavar="SxN,SxN", help="bursty load: SECONDSxCLIENTS phases (closed, default "
+                   f"{_text(DEFAULT_TRACE)}) or SECONDSxLOAD phases (open, default {_text(DEFAULT_OPEN_TRACE)})")
     b.add_argument("--objective-ms", type=float, help="latency objective per request (default: chosen so the "
                                                       "fastest variant alone keeps it and the most accurate does not)")
     b.add_argument("--switch-seconds", type=float, default=20.0, help="seconds of the switch measurement "

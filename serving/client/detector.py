@@ -236,7 +236,7 @@ class Detector(_Base):
         names = plan.output_names()
         outs = [grpcclient.InferRequestedOutput(n) for n in names]
         result = self._call(plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs,
-                            parameters=parameters or None)
+                            parameters=core.stamped(parameters))
         return {n: result.as_numpy(n) for n in names}
 
 
@@ -317,6 +317,6 @@ class AsyncDetector(_Base):
         outs = [aioclient.InferRequestedOutput(n) for n in names]
         result = await self._call(
             plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs,
-            parameters=parameters or None,
+            parameters=core.stamped(parameters),
         )
         return {n: result.as_numpy(n) for n in names}

@@ -6,6 +6,7 @@ Shared by the sync :class:`serving.client.Detector` and :class:`serving.client.A
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,17 @@ class UnknownVariantError(PolyheadError, LookupError):
 
 #: What the per-request variants backend answers for a variant it does not hold (it then lists them).
 NOT_HELD_MARK = "is not held; held variants"
+
+
+#: Request parameter carrying the client's send time (``time.time_ns()``, Unix ns): the per-request
+#: variants backend subtracts it from its own clock to learn how long the request already waited
+#: (``serving/triton/backend/variant_choice.py``, which keeps its own copy of the name).
+SENT_PARAMETER = "sent_unix_ns"
+
+
+def stamped(parameters: dict) -> dict:
+    """``parameters`` with :data:`SENT_PARAMETER` set to now (call it right before sending)."""
+    return {**parameters, SENT_PARAMETER: time.time_ns()}
 
 
 def request_parameters(variant: str | None) -> dict[str, str]:

@@ -19,7 +19,15 @@ default is ``fallback``: the variant of the trunk version Triton loaded.
     execute_ms(v, d) = scale x (b1 + (b8 - b1) x (d - 1) / 7)     # variant.json latency_ms, linear in d
     predicted_ms(v, d) = execute_ms(v, d) + wait    # wait: previous execute's wall time, less the idle gap since
 
-where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
+A request that carries its client's send time (the parameter ``sent_unix_ns``, which polyhead's
+client sets on every request) is judged by the time it already waited instead of the ``wait``
+estimate (SuperServe's slack: the objective less what is spent)::
+
+    predicted_ms(v, d) = execute_ms(v, d) + (now - sent_unix_ns)     # when 0 <= now - sent < 60 s
+
+so a queue that builds (arrivals faster than the variant serves) turns ``auto`` to faster
+variants as soon as the waits grow, and back once they shrink. A stamp from a skewed clock
+(negative, or a minute old) is ignored. Where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
 (extrapolated past 8) and ``scale`` is learned online: an exponential average of measured wall
 time / ``execute_ms`` over the executes run (heads, transport inside the server and this host's
 speed are in it), starting at 1.
@@ -37,6 +45,9 @@ from pathlib import Path
 LIVE_VARIANT_FILE = "live_variant.json"
 #: The ``variant`` value that lets the backend choose.
 AUTO = "auto"
+#: Request parameter: the client's send time in Unix ns (``serving.client.protocol.SENT_PARAMETER``).
+SENT_PARAMETER = "sent_unix_ns"
+_MAX_WAIT_MS = 60_000.0
 #: Fraction of the objective a prediction may use by default (the rest: transport, client, noise).
 DEFAULT_HEADROOM = 0.8
 _SCALE_ALPHA, _SCALE_RANGE = 0.2, (0.1, 20.0)
@@ -140,20 +151,25 @@ class VariantChoice:
         if name != AUTO:
             return name
         objective = _objective(parameters.get("objective_ms", default.objective_ms))
-        return self.fitting(depth, objective, default.headroom)
+        return self.fitting(depth, objective, default.headroom, waited_ms(parameters))
 
-    def predicted_ms(self, variant: str, depth: int) -> float | None:
-        """Predicted latency of a request served by ``variant`` in an execute of ``depth`` requests."""
+    def predicted_ms(self, variant: str, depth: int, waited: float | None = None) -> float | None:
+        """Predicted latency of a request served by ``variant`` in an execute of ``depth`` requests.
+
+        ``waited``: ms the request already waited (from its send stamp); ``None``: estimated.
+        """
         execute = self.by_name[variant].execute_ms(depth, self.scale)
-        wait = max(0.0, self.last_execute_ms - 1e3 * (time.monotonic() - self._last_end))  # requests queued behind it
-        return None if execute is None else execute + wait
+        if waited is None:  # requests queued behind the previous execute
+            waited = max(0.0, self.last_execute_ms - 1e3 * (time.monotonic() - self._last_end))
+        return None if execute is None else execute + waited
 
-    def fitting(self, depth: int, objective_ms: float | None, headroom: float = DEFAULT_HEADROOM) -> str:
+    def fitting(self, depth: int, objective_ms: float | None, headroom: float = DEFAULT_HEADROOM,
+                waited: float | None = None) -> str:  # fmt: skip
         """Most accurate variant predicted within ``headroom x objective_ms``; else the fastest.
 
         Without an objective or latency figures: the most accurate variant.
         """
-        predicted = {v.name: self.predicted_ms(v.name, depth) for v in self.held}
+        predicted = {v.name: self.predicted_ms(v.name, depth, waited) for v in self.held}
         if objective_ms is None or None in predicted.values():
             return self.held[0].name
         for v in self.held:
@@ -177,6 +193,16 @@ def _objective(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return ms if ms > 0 else None
+
+
+def waited_ms(parameters: dict, now_ns: int | None = None) -> float | None:
+    """Milliseconds since the request's ``sent_unix_ns`` stamp (``None``: no stamp, or a skewed clock's)."""
+    try:
+        sent = int(parameters[SENT_PARAMETER])
+    except (KeyError, TypeError, ValueError):
+        return None
+    waited = ((time.time_ns() if now_ns is None else now_ns) - sent) / 1e6
+    return waited if 0.0 <= waited < _MAX_WAIT_MS else None
 
 
 def parse_parameters(text: str | None) -> dict:

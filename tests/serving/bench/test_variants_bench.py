@@ -3,7 +3,7 @@
 import pytest
 
 from serving.bench.load_generator import Sample
-from serving.bench.variants_bench import format_table, parse_trace, share_within, targets
+from serving.bench.variants_bench import _live_at, format_table, parse_trace, served_map, share_within, targets
 from shared.errors import ConfigError
 
 
@@ -12,6 +12,20 @@ def test_a_trace_is_seconds_x_clients_items_and_a_bad_item_is_named():
     for bad in ("4x0", "4-1", "x3", ""):
         with pytest.raises(ConfigError, match="SECONDSxCLIENTS"):
             parse_trace(bad)
+    # open loop: a load factor (a multiple of the capacity), 0 allowed, a fraction allowed
+    assert parse_trace("4x0.3,2x1.25,1x0", load="open") == ((4.0, 0.3), (2.0, 1.25), (1.0, 0.0))
+    for bad in ("4x-1", "4xfast", "0x1"):
+        with pytest.raises(ConfigError, match=r"SECONDSxLOAD \(a multiple of the capacity"):
+            parse_trace(bad, load="open")
+
+
+def test_served_map_weights_each_variant_by_the_requests_it_answered():
+    maps = {"ref": 0.6, "small": 0.4}
+    assert served_map({"ref": 3, "small": 1}, maps) == 0.55
+    assert served_map({"other": 5}, maps) is None
+    # the reload controller's switches: the variant live when each request was sent
+    samples = [Sample(t, 0.01, True) for t in (0.5, 1.5, 2.5, 3.5)]
+    assert _live_at(samples, "ref", [(1.0, "ref", "small", 0.4), (3.0, "small", "ref", 0.3)]) == {"ref": 2, "small": 2}
 
 
 def test_failed_and_slow_requests_count_as_outside_the_objective():
@@ -25,7 +39,8 @@ def result(per_request, static_best, switch_ms=0.2, ratio=1.1):
     return {"objective_ms": 50.0, "tasks": ["a", "b"], "trace": [[4.0, 1], [2.0, 8]], "switch_ms": switch_ms,
             "memory_all_variants_ratio": ratio, "memory_mib": {"one": {"rss_mib": 100.0}, "all": {"rss_mib": 110.0}},
             "slo_within": {"per_request": per_request, "static_best": static_best},
-            "runs": {"per_request": run, "static_best": {**run, "within": static_best, "variant": "ref"}}}
+            "runs": {"per_request": {**run, "served_map": 0.512},
+                     "static_best": {**run, "within": static_best, "variant": "ref"}}}
 
 
 def test_the_targets_and_the_table_say_which_were_met():
@@ -34,7 +49,12 @@ def test_the_targets_and_the_table_say_which_were_met():
     missed = targets(result(0.98, 0.97, switch_ms=1.5, ratio=1.4))
     assert not any(missed.values())
     table = format_table(result(0.98, 0.97))
-    assert "| static_best (ref) | 10 | 0 | 97.0 % |" in table and "98.0 % / 97.0 % | >= 99 % / < 95 % | no |" in table
+    assert "| static_best (ref) | 10 | 0 | 97.0 % | - |" in table
+    assert "98.0 % / 97.0 % | >= 99 % / < 95 % | no |" in table
+    assert "| per_request | 10 | 0 | 98.0 % | 0.512 |" in table
+    assert "closed-loop trace 4 s x 1, 2 s x 8 clients" in table
+    opened = format_table({**result(0.99, 0.5), "load": "open", "trace": [[2.0, 1.25]], "capacity_per_s": 80.0})
+    assert "trace 2 s x 1.25 x the most accurate variant's capacity (80 requests/s)" in opened
 
 
 def test_search_serving_figures_hold_only_admitted_variants_and_need_a_second_one(tmp_path):

@@ -2,7 +2,6 @@
 
 import json
 import threading
-import urllib.request
 
 import numpy as np
 import pytest
@@ -131,11 +130,9 @@ def test_polyhead_variant_set_writes_the_default_and_refuses_a_variant_not_held(
 
 def _answered(server: EmbeddedTriton) -> dict[str, float]:
     """``polyhead_variant_requests_total`` per variant, read from Triton's own metrics endpoint."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from serving.bench.variants_bench import answered_per_variant
 
-    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    return {s.labels["variant"]: s.value for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == "polyhead_variant_requests_total" and s.labels.get("model") == "trunk"}
+    return answered_per_variant(server.metrics_url)
 
 
 def test_triton_metrics_count_the_requests_each_variant_answered(served, fakes):

@@ -73,3 +73,24 @@ def test_request_parameters_are_read_from_their_json_text():
 def test_a_fallback_that_is_not_held_is_refused(tmp_path):
     with pytest.raises(ValueError, match="held variants"):
         VariantChoice(HELD, "missing", tmp_path / "f.json")
+
+
+def test_a_request_that_already_waited_gets_a_faster_variant_and_a_skewed_stamp_is_ignored(choice):
+    import time
+
+    from serving.client.protocol import SENT_PARAMETER as CLIENT_NAME
+    from serving.triton.backend.variant_choice import SENT_PARAMETER, waited_ms
+
+    assert CLIENT_NAME == SENT_PARAMETER  # the client and the stub keep one name
+    now = time.time_ns()
+    assert waited_ms({SENT_PARAMETER: now - 25_000_000}, now_ns=now) == pytest.approx(25.0)
+    assert waited_ms({SENT_PARAMETER: now + 5_000_000}, now_ns=now) is None  # from the future: a skewed clock
+    assert waited_ms({SENT_PARAMETER: now - 61 * 10**9}, now_ns=now) is None
+    assert waited_ms({SENT_PARAMETER: "soon"}) is None and waited_ms({}) is None
+    # objective 40 ms, headroom 0.8 -> 32 ms: at depth 1 accurate takes 10 ms; after 25 ms queued it no longer fits
+    fresh = {"variant": AUTO, "objective_ms": 40, SENT_PARAMETER: time.time_ns()}
+    assert choice.pick(fresh, 1) == "accurate"
+    queued = {**fresh, SENT_PARAMETER: time.time_ns() - 25_000_000}
+    assert choice.pick(queued, 1) == "light"  # 25 + 5 <= 32
+    late = {**fresh, SENT_PARAMETER: time.time_ns() - 35_000_000}
+    assert choice.pick(late, 1) == "light"  # nothing fits: the fastest drains the queue
