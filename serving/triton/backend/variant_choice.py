@@ -27,7 +27,9 @@ estimate (SuperServe's slack: the objective less what is spent)::
 
 so a queue that builds (arrivals faster than the variant serves) turns ``auto`` to faster
 variants as soon as the waits grow, and back once they shrink. A stamp from a skewed clock
-(negative, or a minute old) is ignored. Where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
+(negative, or a minute old) is ignored.
+
+Where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
 (extrapolated past 8) and ``scale`` is learned online: an exponential average of measured wall
 time / ``execute_ms`` over the executes run (heads, transport inside the server and this host's
 speed are in it), starting at 1.

@@ -147,3 +147,23 @@ def test_triton_metrics_count_the_requests_each_variant_answered(served, fakes):
         det.detect(image, tasks="cars")
     after = _answered(server)
     assert after["small"] - before["small"] == 2 and after["ref"] - before["ref"] == 2
+
+
+def test_auto_serves_a_request_that_already_waited_with_the_faster_variant(served, fakes, monkeypatch):
+    import time
+
+    from serving.client import protocol
+
+    _, summary, server = served
+    image = fakes.random_images(1)[0]
+    write_live_variant(summary.path, "auto", objective_ms=1000.0)
+    with Detector(server.url) as det:
+        before = _answered(server)
+        det.detect(image, tasks="cars")  # fresh: the most accurate fits
+        middle = _answered(server)
+        now_ns = time.time_ns
+        monkeypatch.setattr(protocol.time, "time_ns", lambda: now_ns() - 900_000_000)  # sent 0.9 s ago
+        det.detect(image, tasks="cars")
+        after = _answered(server)
+    assert middle["ref"] - before["ref"] == 1
+    assert after["small"] - middle["small"] == 1, "a request that waited 0.9 s of a 1 s objective gets the light one"
