@@ -23,9 +23,8 @@ def cpu_session(path_or_bytes: str | Path | bytes, threads: int = 1):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # denormal activations (seen in fine-tuned sub-networks) cost ~10 % on x86; flushing them changes
-    # no feature beyond 1e-38
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    # no session.set_denormal_as_zero here: it sets the calling thread's FTZ/DAZ flags, which then
+    # leak into the caller's own float code (the Triton stub, a process of its own, sets it)
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])

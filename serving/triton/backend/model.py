@@ -58,7 +58,9 @@ def session_options(params: dict) -> ort.SessionOptions:
     options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")  # as shared/onnx_session.py
+    # denormal activations cost fine-tuned sub-networks ~10 %; the flag sets this (stub) process's
+    # FTZ/DAZ flags, so it stays out of shared/onnx_session.py, which runs in callers' processes
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if params.get("shared_cpu_arena") == "1":
         if not _SHARED_ARENA:
             info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
