@@ -112,8 +112,3 @@ class OpenLoopLoad:
         late = "not answered within the drain"
         return [done.get(i) or Sample(t, float("inf"), False, late) for i, t in enumerate(times)]
 
-
-def run_open_loop(client: ClientFactory, times: Sequence[float], senders: int = 32,
-                  drain_s: float = 30.0) -> list[Sample]:  # fmt: skip
-    """:meth:`OpenLoopLoad.run` of ``times`` on a new load (see :class:`OpenLoopLoad` for the arguments)."""
-    return OpenLoopLoad(client, senders, drain_s).run(times)

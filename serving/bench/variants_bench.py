@@ -140,7 +140,8 @@ def answered_per_variant(metrics_url: str) -> dict[str, float]:
     """``polyhead_variant_requests_total`` of the ``trunk`` model per variant, from Triton's metrics endpoint."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
     return {s.labels["variant"]: s.value for f in text_string_to_metric_families(text)
             for s in f.samples if s.name == ANSWERED_METRIC and s.labels.get("model") == "trunk"}  # fmt: skip
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from serving.bench.open_loop import arrival_times, run_open_loop
+from serving.bench.open_loop import OpenLoopLoad, arrival_times
 
 
 def test_arrival_times_follow_each_phase_rate():
@@ -49,7 +49,7 @@ def test_an_overloaded_sender_pool_shows_its_queue_in_the_latencies():
     # 20 arrivals 5 ms apart on one sender of 20 ms each: the k-th waits ~15 ms x k before it leaves.
     times = [0.005 * k for k in range(20)]
     counter = Counter(0.02)
-    samples = run_open_loop(counter, times, senders=1)
+    samples = OpenLoopLoad(counter, senders=1).run(times)
     assert [s.t for s in samples] == times
     assert counter.opened == [0] and counter.calls == 20
     assert sum(not s.ok for s in samples) == 6 and all("refused" in s.error for s in samples if not s.ok)
@@ -60,12 +60,12 @@ def test_an_overloaded_sender_pool_shows_its_queue_in_the_latencies():
 def test_enough_senders_keep_latency_at_the_service_time():
     times = [0.005 * k for k in range(20)]
     counter = Counter(0.02)
-    samples = run_open_loop(counter, times, senders=8)
+    samples = OpenLoopLoad(counter, senders=8).run(times)
     assert sorted(counter.opened) == list(range(8))
     assert max(s.latency_s for s in samples) < 0.15
 
 
 def test_requests_not_answered_within_the_drain_fail_alone():
-    samples = run_open_loop(Counter(0.3), [0.0, 0.001, 0.002], senders=1, drain_s=0.4)
+    samples = OpenLoopLoad(Counter(0.3), senders=1, drain_s=0.4).run([0.0, 0.001, 0.002])
     assert samples[0].ok
     assert [s.error for s in samples[1:]] == ["not answered within the drain"] * 2
