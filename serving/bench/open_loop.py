@@ -5,7 +5,11 @@ when the previous one came back, so an overloaded server slows its own load down
 it would have built never shows in the latencies ("coordinated omission"). Real users arrive on
 their own clock. Here a dispatcher hands each request to a pool of sender threads at its
 arrival time (a Poisson process whose rate changes by phase), and a request's latency counts from
-its *scheduled* arrival: time spent waiting for a free sender is part of it.
+its *scheduled* arrival: time spent waiting for a free sender is part of it. Each send is handed
+that arrival too (Unix ns), so a server that judges a request by how long it already waited (the
+per-request variants' ``auto``, through ``Detector.detect(arrived_unix_ns=...)``) sees the whole wait,
+not only the part after a sender picked it up: a pool of ``senders`` threads bounds the server's
+queue at ``senders`` requests and would otherwise hide the rest of it.
 
 A trace is ``(seconds, rate)`` phases, rate in requests per second.
 """
@@ -16,11 +20,17 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
 
-from serving.bench.load_generator import ClientFactory, Sample, describe_error
+from serving.bench.load_generator import Sample, describe_error
+
+#: An open-loop send: called with the request's scheduled arrival (Unix ns, as ``time.time_ns()``).
+ArrivalSend = Callable[[int], object]
+#: Per-sender factory: the sender's index -> a context manager yielding its :data:`ArrivalSend`.
+ArrivalClientFactory = Callable[[int], AbstractContextManager[ArrivalSend]]
 
 
 def arrival_times(trace: Sequence[tuple[float, float]], seed: int = 0) -> list[float]:
@@ -50,7 +60,8 @@ class OpenLoopLoad:
     """``senders`` threads with a client each, sending the requests a dispatcher hands them at their arrival times.
 
     Args:
-        client: Per-sender factory (as for :class:`~serving.bench.load_generator.ClosedLoopLoad`).
+        client: Per-sender factory (see :data:`ArrivalClientFactory`): its send is called with each
+            request's scheduled arrival in Unix ns.
         senders: Sender threads; more than the server's queue ever holds, so that waiting for a
             sender is rare (it still counts when it happens).
         drain_s: After the last arrival, how long the in-flight and waiting requests may take.
@@ -59,12 +70,13 @@ class OpenLoopLoad:
         samples: Every answered (or failed) request so far, in the order they finished; ``t`` is
             the scheduled arrival, ``latency_s`` from it to the answer.
         t0: Start of the schedule (``time.perf_counter()``).
+        unix0_ns: The same instant as ``time.time_ns()``.
     """
 
-    def __init__(self, client: ClientFactory, senders: int = 32, drain_s: float = 30.0) -> None:
+    def __init__(self, client: ArrivalClientFactory, senders: int = 32, drain_s: float = 30.0) -> None:
         self._client, self.senders, self.drain_s = client, senders, drain_s
         self.samples: list[Sample] = []
-        self.t0 = time.perf_counter()
+        self.t0, self.unix0_ns = time.perf_counter(), time.time_ns()
 
     def now(self) -> float:
         """Seconds since the schedule started."""
@@ -89,7 +101,7 @@ class OpenLoopLoad:
                     ready.wait()
                 while (i := pending.get()) is not None:
                     try:
-                        send()
+                        send(self.unix0_ns + round(times[i] * 1e9))
                         error = None
                     except Exception as err:  # kept: failures are a result of the load
                         error = describe_error(err)
@@ -100,7 +112,7 @@ class OpenLoopLoad:
         for thread in threads:
             thread.start()
         ready.wait()
-        self.t0 = time.perf_counter()
+        self.t0, self.unix0_ns = time.perf_counter(), time.time_ns()
         for i, t in enumerate(times):
             time.sleep(max(0.0, self.t0 + t - time.perf_counter()))
             pending.put(i)

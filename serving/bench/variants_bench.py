@@ -100,7 +100,9 @@ def _clients(url: str, images: Sequence[np.ndarray], variant: str | None) -> Cal
     def client(index: int) -> Iterator[Callable[[], object]]:
         with Detector(url, timeout_s=30.0) as det:
             n = itertools.count(index)
-            yield lambda: det.detect(images[next(n) % len(images)], variant=variant)
+            # closed loops call it bare; the open loop passes the scheduled arrival for auto to judge
+            yield lambda arrived_unix_ns=None: det.detect(images[next(n) % len(images)], variant=variant,
+                                                          arrived_unix_ns=arrived_unix_ns)
 
     return client
 

@@ -185,7 +185,8 @@ class Detector(_Base):
         return list(self._tasks or ())
 
     def detect(
-        self, images: object, tasks: str | Sequence[str] | None = None, variant: str | None = None
+        self, images: object, tasks: str | Sequence[str] | None = None, variant: str | None = None,
+        arrived_unix_ns: int | None = None,
     ) -> list[ImageResult]:
         """Detect objects in one image or a list of images.
 
@@ -195,6 +196,8 @@ class Detector(_Base):
             variant: Trunk variant to run (a repository built with ``--variants per-request``): a
                 held variant, ``"auto"`` (the server picks the most accurate one its queue allows),
                 or ``None``: the server's default (the controller's choice).
+            arrived_unix_ns: When the request reached you (``time.time_ns()``), if it queued on your
+                side before this call; ``auto`` counts the request's wait from it (default: now).
 
         Returns:
             One :class:`ImageResult` per image (always a list), boxes in original pixels.
@@ -206,7 +209,7 @@ class Detector(_Base):
             ServingError: Server unreachable, timeout, or a model error (names the model).
         """
         arrays = core.to_images(images)
-        parameters = core.request_parameters(variant)
+        parameters = core.stamped(core.request_parameters(variant), arrived_unix_ns)
         self.tasks()
         configs = self._configs
         if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in configs:
@@ -236,7 +239,7 @@ class Detector(_Base):
         names = plan.output_names()
         outs = [grpcclient.InferRequestedOutput(n) for n in names]
         result = self._call(plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs,
-                            parameters=core.stamped(parameters))
+                            parameters=parameters)
         return {n: result.as_numpy(n) for n in names}
 
 
@@ -282,11 +285,12 @@ class AsyncDetector(_Base):
         return list(self._tasks or ())
 
     async def detect(
-        self, images: object, tasks: str | Sequence[str] | None = None, variant: str | None = None
+        self, images: object, tasks: str | Sequence[str] | None = None, variant: str | None = None,
+        arrived_unix_ns: int | None = None,
     ) -> list[ImageResult]:
         """Async :meth:`Detector.detect`; batches of one call run concurrently."""
         arrays = core.to_images(images)
-        parameters = core.request_parameters(variant)
+        parameters = core.stamped(core.request_parameters(variant), arrived_unix_ns)
         await self.tasks()
         configs = self._configs
         if FANOUT_MODEL in self._ready_models and FANOUT_MODEL not in configs:
@@ -317,6 +321,6 @@ class AsyncDetector(_Base):
         outs = [aioclient.InferRequestedOutput(n) for n in names]
         result = await self._call(
             plan.model, self._client.infer, plan.model, self._inputs(batch), outputs=outs,
-            parameters=core.stamped(parameters),
+            parameters=parameters,
         )
         return {n: result.as_numpy(n) for n in names}

@@ -29,15 +29,24 @@ class UnknownVariantError(PolyheadError, LookupError):
 NOT_HELD_MARK = "is not held; held variants"
 
 
-#: Request parameter carrying the client's send time (``time.time_ns()``, Unix ns): the per-request
-#: variants backend subtracts it from its own clock to learn how long the request already waited
+#: Request parameter carrying the request's arrival (``time.time_ns()``, Unix ns; the ``detect`` call's
+#: start, or the caller's ``arrived_unix_ns``): the per-request variants backend subtracts it from its
+#: own clock to learn how long the request already waited
 #: (``serving/triton/backend/variant_choice.py``, which keeps its own copy of the name).
 SENT_PARAMETER = "sent_unix_ns"
 
 
-def stamped(parameters: dict) -> dict:
-    """``parameters`` with :data:`SENT_PARAMETER` set to now (call it right before sending)."""
-    return {**parameters, SENT_PARAMETER: time.time_ns()}
+def stamped(parameters: dict, arrived_unix_ns: int | None = None) -> dict:
+    """``parameters`` with :data:`SENT_PARAMETER` set to ``arrived_unix_ns``, else to now.
+
+    Raises:
+        InputError: ``arrived_unix_ns`` is not a whole number of nanoseconds.
+    """
+    if arrived_unix_ns is None:
+        return {**parameters, SENT_PARAMETER: time.time_ns()}
+    if isinstance(arrived_unix_ns, bool) or not isinstance(arrived_unix_ns, (int, np.integer)):
+        raise InputError(f"arrived_unix_ns must be an int of Unix ns, as time.time_ns() gives; got {arrived_unix_ns!r}")
+    return {**parameters, SENT_PARAMETER: int(arrived_unix_ns)}
 
 
 def request_parameters(variant: str | None) -> dict[str, str]:

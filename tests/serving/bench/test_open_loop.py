@@ -27,15 +27,16 @@ class Counter:
     """Senders that take ``service_s`` each (one at a time per sender) and fail every third request."""
 
     def __init__(self, service_s: float) -> None:
-        self.service_s, self.calls, self.opened = service_s, 0, []
+        self.service_s, self.calls, self.opened, self.arrivals = service_s, 0, [], []
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def __call__(self, index: int):
         self.opened.append(index)
 
-        def send() -> None:
+        def send(arrived_unix_ns: int) -> None:
             with self._lock:
+                self.arrivals.append(arrived_unix_ns)
                 self.calls += 1
                 n = self.calls
             time.sleep(self.service_s)
@@ -55,6 +56,9 @@ def test_an_overloaded_sender_pool_shows_its_queue_in_the_latencies():
     assert sum(not s.ok for s in samples) == 6 and all("refused" in s.error for s in samples if not s.ok)
     assert samples[-1].latency_s > 0.2  # a closed loop would report ~0.02 s for every request
     assert samples[-1].latency_s > samples[0].latency_s + 0.15
+    # each send is told its scheduled arrival (Unix ns), not the moment a sender picked it up
+    late = counter.arrivals[-1] - counter.arrivals[0]
+    assert late == pytest.approx(0.095e9, abs=2e6)
 
 
 def test_enough_senders_keep_latency_at_the_service_time():

@@ -161,9 +161,12 @@ def test_auto_serves_a_request_that_already_waited_with_the_faster_variant(serve
         before = _answered(server)
         det.detect(image, tasks="cars")  # fresh: the most accurate fits
         middle = _answered(server)
+        det.detect(image, tasks="cars", arrived_unix_ns=time.time_ns() - 900_000_000)  # queued 0.9 s at the caller
+        after_arrival = _answered(server)
         now_ns = time.time_ns
-        monkeypatch.setattr(protocol.time, "time_ns", lambda: now_ns() - 900_000_000)  # sent 0.9 s ago
+        monkeypatch.setattr(protocol.time, "time_ns", lambda: now_ns() - 900_000_000)  # the default stamp: the call
         det.detect(image, tasks="cars")
         after = _answered(server)
     assert middle["ref"] - before["ref"] == 1
-    assert after["small"] - middle["small"] == 1, "a request that waited 0.9 s of a 1 s objective gets the light one"
+    assert after_arrival["small"] - middle["small"] == 1, "a request that arrived 0.9 s ago gets the light one"
+    assert after["small"] - after_arrival["small"] == 1, "a call stamped 0.9 s late: the light one again"

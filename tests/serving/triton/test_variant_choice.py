@@ -94,3 +94,17 @@ def test_a_request_that_already_waited_gets_a_faster_variant_and_a_skewed_stamp_
     assert choice.pick(queued, 1) == "light"  # 25 + 5 <= 32
     late = {**fresh, SENT_PARAMETER: time.time_ns() - 35_000_000}
     assert choice.pick(late, 1) == "light"  # nothing fits: the fastest drains the queue
+
+
+def test_the_client_stamps_the_callers_arrival_or_now_and_refuses_a_non_integer():
+    import time
+
+    from serving.client.protocol import SENT_PARAMETER, stamped
+    from shared.errors import InputError
+
+    before = time.time_ns()
+    assert before <= stamped({"variant": "a"})[SENT_PARAMETER] <= time.time_ns()
+    assert stamped({"variant": "a"}, before - 7) == {"variant": "a", SENT_PARAMETER: before - 7}
+    for bad in (1.5e18, "now", True):
+        with pytest.raises(InputError, match="arrived_unix_ns"):
+            stamped({}, bad)
