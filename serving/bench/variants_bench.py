@@ -453,7 +453,8 @@ def _trace_text(result: dict) -> str:
     return f"closed-loop trace {phases} clients"
 
 
-def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[str], None] | None = None) -> dict:
+def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[str], None] | None = None,
+                        load: str = "closed") -> dict:  # fmt: skip
     """Fill ``bench search``'s serving keys with :func:`run_variants_bench` over the reference and the operating points.
 
     The per-request backend holds what the catalogue admits (issue 16: "every admitted variant"):
@@ -465,6 +466,7 @@ def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[s
         search: :func:`transfer.elastic.search_bench.run_search_bench`'s result; changed in place.
         workdir: Its workspace.
         progress: Called with one line per phase.
+        load: ``"closed"`` or ``"open"`` (:func:`run_variants_bench`'s default trace of that load).
 
     Returns:
         ``search``, with ``switch_ms``, ``memory_all_variants_ratio``, ``slo_within`` and ``serving_note``.
@@ -476,7 +478,8 @@ def add_serving_figures(search: dict, workdir: str | Path, progress: Callable[[s
         search["serving_note"] = (f"no serving figures: the admitted variants are {held}, per-request needs two; "
                                   "run `polyhead search` until one sub-network is admitted")
         return search
-    serving = run_variants_bench(workdir, variants=held, progress=progress)
-    search.update({k: serving[k] for k in ("switch_ms", "memory_all_variants_ratio", "slo_within")})
-    search["serving_note"] = f"polyhead bench variants over {held} (the reference and the admitted sub-networks)"
+    serving = run_variants_bench(workdir, variants=held, progress=progress, load=load)
+    search.update({k: serving[k] for k in ("switch_ms", "memory_all_variants_ratio", "slo_within", "load")})
+    search["serving_note"] = (f"polyhead bench variants --load {load} over {held} "
+                              "(the reference and the admitted sub-networks)")  # fmt: skip
     return search

@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from serving.bench.variants_bench import LOADS
 from serving.cli import bench_variants_command
 from serving.cli.options import Subparsers, add_heads_layout, add_workdir
 
@@ -132,7 +133,7 @@ def _cmd_bench_search(args: argparse.Namespace) -> int:
     if args.serving:
         from serving.bench.variants_bench import add_serving_figures
 
-        add_serving_figures(result, args.workdir, progress=lambda line: print(f"  {line}"))
+        add_serving_figures(result, args.workdir, progress=lambda line: print(f"  {line}"), load=args.load)
     print(f"{'operating point':18s} {'b1 ms':>7s} {'b8 ms':>7s} {'mean mAP':>8s} {'drop':>6s}")
     for p in result["operating_points"]:
         print(f"{p['variant']:18s} {p['latency_b1_ms']:7.2f} {p['latency_b8_ms']:7.2f} {p['mean_map']:8.4f} "
@@ -159,6 +160,8 @@ def _add_search(bench: Subparsers) -> None:
     b.add_argument("--serving", action="store_true",
                    help="also serve the reference and the searched front per request and fill switch_ms, "
                         "memory_all_variants_ratio and slo_within (polyhead bench variants, a few minutes)")
+    b.add_argument("--load", choices=LOADS, default="closed",
+                   help="with --serving: the load of slo_within, as in bench variants --load (default %(default)s)")
     b.set_defaults(func=_cmd_bench_search)
 
 

@@ -13,8 +13,11 @@ with no model reload and no model-control call. Without the file (or a malformed
 default is ``fallback``: the variant of the trunk version Triton loaded.
 
 ``auto`` picks, per execute, the most accurate variant whose predicted latency fits
-``headroom x objective``, else the fastest one. The prediction for ``d`` requests in this execute
-(the dynamic batcher hands the backend every queued request, so ``d`` is the queue depth) is::
+``headroom x objective``, else the fastest one. All the ``auto`` requests of one execute share that
+variant (:meth:`VariantChoice.pick_batch`), chosen so it fits each of them: the one that waited
+longest decides, and the batch runs whole rather than split into groups run one after another.
+The prediction for ``d`` requests in this execute (the dynamic batcher hands the backend every
+queued request, so ``d`` is the queue depth) is::
 
     execute_ms(v, d) = scale x (b1 + (b8 - b1) x (d - 1) / 7)     # variant.json latency_ms, linear in d
     predicted_ms(v, d) = execute_ms(v, d) + wait    # wait: previous execute's wall time, less the idle gap since
@@ -40,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,13 +151,47 @@ class VariantChoice:
             ValueError: The request names a variant that is not held (the message lists the held ones).
         """
         default = self.refresh()
+        name = self._named(parameters, default)
+        return name if name != AUTO else self.fitting(depth, [self._slack(parameters, default)], default.headroom)
+
+    def pick_batch(self, requests: Sequence[dict]) -> list[str | ValueError]:
+        """Every request's variant in one execute; the ``auto`` ones share one variant.
+
+        A request naming a variant gets it. The ``auto`` ones (by name or by default) are served
+        together, as one batch, by the most accurate variant that keeps *each of them* within its
+        ``headroom x objective`` after the wait it already had, else by the fastest: the request
+        with the least slack left decides (SuperServe's SlackFit), and the batch is not split into
+        smaller, slower groups run one after the other.
+
+        Args:
+            requests: Each request's parameters, in execute order.
+
+        Returns:
+            One entry per request: its variant, or the ``ValueError`` of a variant that is not held.
+        """
+        default = self.refresh()
+        chosen: list[str | ValueError] = []
+        for parameters in requests:
+            try:
+                chosen.append(self._named(parameters, default))
+            except ValueError as err:
+                chosen.append(err)
+        auto = [p for p, c in zip(requests, chosen, strict=True) if c == AUTO]
+        if auto:
+            shared = self.fitting(len(requests), [self._slack(p, default) for p in auto], default.headroom)
+            chosen = [shared if c == AUTO else c for c in chosen]
+        return chosen
+
+    def _named(self, parameters: dict, default: Default) -> str:
         name = parameters.get("variant", default.variant)
         if not isinstance(name, str) or (name != AUTO and name not in self.by_name):
             raise ValueError(f"variant {name!r} is not held; held variants: {self.names()} (or '{AUTO}')")
-        if name != AUTO:
-            return name
-        objective = _objective(parameters.get("objective_ms", default.objective_ms))
-        return self.fitting(depth, objective, default.headroom, waited_ms(parameters))
+        return name
+
+    @staticmethod
+    def _slack(parameters: dict, default: Default) -> tuple[float | None, float | None]:
+        """``(objective_ms, waited_ms)`` of one ``auto`` request."""
+        return _objective(parameters.get("objective_ms", default.objective_ms)), waited_ms(parameters)
 
     def predicted_ms(self, variant: str, depth: int, waited: float | None = None) -> float | None:
         """Predicted latency of a request served by ``variant`` in an execute of ``depth`` requests.
@@ -165,19 +203,26 @@ class VariantChoice:
             waited = max(0.0, self.last_execute_ms - 1e3 * (time.monotonic() - self._last_end))
         return None if execute is None else execute + waited
 
-    def fitting(self, depth: int, objective_ms: float | None, headroom: float = DEFAULT_HEADROOM,
-                waited: float | None = None) -> str:  # fmt: skip
-        """Most accurate variant predicted within ``headroom x objective_ms``; else the fastest.
+    def fitting(self, depth: int, requests: Sequence[tuple[float | None, float | None]],
+                headroom: float = DEFAULT_HEADROOM) -> str:  # fmt: skip
+        """Most accurate variant predicted within ``headroom x objective`` for every request; else the fastest.
+
+        Args:
+            depth: Requests in the execute.
+            requests: ``(objective_ms, waited_ms)`` per request; ``None`` objective: no bound,
+                ``None`` wait: estimated from the previous execute.
+            headroom: Fraction of each objective a prediction may use.
 
         Without an objective or latency figures: the most accurate variant.
         """
-        predicted = {v.name: self.predicted_ms(v.name, depth, waited) for v in self.held}
-        if objective_ms is None or None in predicted.values():
+        bounded = [(headroom * o, w) for o, w in requests if o is not None]
+        if not bounded or any(v.b1_ms is None for v in self.held):
             return self.held[0].name
+        worst = {v.name: max(self.predicted_ms(v.name, depth, w) - limit for limit, w in bounded) for v in self.held}
         for v in self.held:
-            if predicted[v.name] <= headroom * objective_ms:
+            if worst[v.name] <= 0:
                 return v.name
-        return min(self.held, key=lambda v: predicted[v.name]).name
+        return min(self.held, key=lambda v: worst[v.name]).name
 
     def observe(self, depths: dict[str, int], wall_ms: float) -> None:
         """Fold one execute in: ``depths`` (variant -> requests it ran) took ``wall_ms``."""

@@ -119,12 +119,12 @@ class TritonPythonModel(leaf.TritonPythonModel):
         """
         responses: list = [None] * len(requests)
         groups: dict[str, list[int]] = {}
-        for idx, request in enumerate(requests):
-            parameters = choice.parse_parameters(request.parameters() if hasattr(request, "parameters") else None)
-            try:
-                groups.setdefault(self.choice.pick(parameters, len(requests)), []).append(idx)
-            except ValueError as err:
-                responses[idx] = leaf._error(f"{self.name}: {err}")
+        parameters = [choice.parse_parameters(r.parameters() if hasattr(r, "parameters") else None) for r in requests]
+        for idx, chosen in enumerate(self.choice.pick_batch(parameters)):
+            if isinstance(chosen, ValueError):
+                responses[idx] = leaf._error(f"{self.name}: {chosen}")
+            else:
+                groups.setdefault(chosen, []).append(idx)
         start = time.perf_counter()
         for name, members in groups.items():
             self.parts, self._stage_cache = self.variant_parts[name], self.variant_caches[name]

@@ -108,3 +108,21 @@ def test_the_client_stamps_the_callers_arrival_or_now_and_refuses_a_non_integer(
     for bad in (1.5e18, "now", True):
         with pytest.raises(InputError, match="arrived_unix_ns"):
             stamped({}, bad)
+
+
+def test_the_auto_requests_of_one_execute_share_the_variant_that_fits_the_one_that_waited_longest(choice):
+    import time
+
+    from serving.triton.backend.variant_choice import SENT_PARAMETER
+
+    now = time.time_ns()
+    fresh = {"variant": AUTO, "objective_ms": 100, SENT_PARAMETER: now}
+    old = {**fresh, SENT_PARAMETER: now - 60_000_000}  # 60 ms waited of a 100 ms objective (80 ms with headroom)
+    # at depth 3 accurate takes 10 + 56 x 2 / 7 = 26 ms: fits the fresh ones, not the old one (86 ms)
+    assert choice.pick(fresh, 3) == "accurate" and choice.pick(old, 3) == "light"
+    assert choice.pick_batch([fresh, fresh, old]) == ["light"] * 3  # one batch, judged by the oldest
+    assert choice.pick_batch([fresh, fresh, fresh]) == ["accurate"] * 3
+    named, unknown, loose = {"variant": "accurate"}, {"variant": "nope"}, {"variant": AUTO}
+    chosen = choice.pick_batch([named, old, unknown, loose])
+    assert chosen[0] == "accurate" and chosen[1] == chosen[3] == "light"  # no objective: no bound of its own
+    assert isinstance(chosen[2], ValueError) and "held variants" in str(chosen[2])  # fails alone
