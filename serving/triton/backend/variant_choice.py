@@ -32,6 +32,12 @@ so a queue that builds (arrivals faster than the variant serves) turns ``auto`` 
 variants as soon as the waits grow, and back once they shrink. A stamp from a skewed clock
 (negative, or a minute old) is ignored.
 
+The stamps also give the arrival rate (:class:`ArrivalRate`, the last second of arrivals), and a
+variant must keep up with it: ``rate <= UTILISATION x capacity``, its capacity being
+``max_batch / execute_ms(v, max_batch)``. Waits alone react only once a queue is long, when the
+requests behind the first late one are late too; the rate turns ``auto`` to a faster variant as
+soon as the arrivals outrun the accurate one.
+
 Where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
 (extrapolated past 8) and ``scale`` is learned online: an exponential average of measured wall
 time / ``execute_ms`` over the executes run (heads, transport inside the server and this host's
@@ -43,6 +49,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +64,10 @@ _MAX_WAIT_MS = 60_000.0
 #: Fraction of the objective a prediction may use by default (the rest: transport, client, noise).
 DEFAULT_HEADROOM = 0.8
 _SCALE_ALPHA, _SCALE_RANGE = 0.2, (0.1, 20.0)
+#: Share of a variant's capacity the arrival rate may use before ``auto`` passes the variant over.
+UTILISATION = 0.9
+#: Seconds of arrivals behind :class:`ArrivalRate`.
+DEFAULT_RATE_WINDOW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,42 @@ class Default:
     headroom: float = DEFAULT_HEADROOM
 
 
+class ArrivalRate:
+    """Requests per second reaching the trunk, counted from their arrival stamps.
+
+    Requests leave Triton's queue in arrival order, so when an execute's youngest request arrived at
+    ``t``, every request that arrived before ``t`` has been seen; the rate is counted over the
+    ``window_s`` before ``t``, not before now (the arrivals since ``t`` may still be queued unseen,
+    and counting them short would hide an overload).
+
+    Args:
+        window_s: Seconds of arrivals counted.
+    """
+
+    def __init__(self, window_s: float = DEFAULT_RATE_WINDOW_S) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self._stamps: deque[int] = deque()
+        self._first: int | None = None
+        self._youngest: int | None = None
+
+    def add(self, arrivals_ns: Sequence[int]) -> None:
+        """Fold in one execute's arrival stamps (Unix ns)."""
+        if not arrivals_ns:
+            return
+        self._stamps.extend(sorted(arrivals_ns))
+        self._first = min(arrivals_ns) if self._first is None else min(self._first, *arrivals_ns)
+        self._youngest = max(self._youngest or 0, *arrivals_ns)
+        while self._stamps and self._stamps[0] < self._youngest - 2 * self.window_ns:
+            self._stamps.popleft()
+
+    def per_s(self) -> float | None:
+        """Arrivals per second over the window before the youngest stamp seen (``None``: under one window seen)."""
+        if self._youngest is None or self._first is None or self._first > self._youngest - self.window_ns:
+            return None
+        start = self._youngest - self.window_ns
+        return sum(t > start for t in self._stamps) / (self.window_ns / 1e9)
+
+
 class VariantChoice:
     """Resolves each request's variant: its parameter, else the default file, else ``fallback``.
 
@@ -99,12 +146,14 @@ class VariantChoice:
         held: The variants held (any order; kept most accurate first).
         fallback: Default when the file is absent or malformed.
         live_file: The default-variant file (``<repository>/live_variant.json``).
+        max_batch: The model's ``max_batch_size``: the batch a saturated queue runs at, which
+            sets each variant's capacity (:meth:`capacity_per_s`).
 
     Raises:
         ValueError: ``fallback`` is not held, or ``held`` is empty.
     """
 
-    def __init__(self, held: list[HeldVariant], fallback: str, live_file: Path) -> None:
+    def __init__(self, held: list[HeldVariant], fallback: str, live_file: Path, max_batch: int = 8) -> None:
         if not held:
             raise ValueError("per-request variants: no variant held; rebuild the repository")
         self.held = sorted(held, key=lambda v: (-v.accuracy, v.name))
@@ -114,6 +163,7 @@ class VariantChoice:
         self.fallback, self.live_file = Default(fallback), Path(live_file)
         self.default, self._stamp = self.fallback, None
         self.scale, self.last_execute_ms, self._last_end = 1.0, 0.0, 0.0
+        self.max_batch, self.arrivals = max(1, int(max_batch)), ArrivalRate()
 
     def names(self) -> list[str]:
         """Held variant names, most accurate first."""
@@ -161,7 +211,9 @@ class VariantChoice:
         together, as one batch, by the most accurate variant that keeps *each of them* within its
         ``headroom x objective`` after the wait it already had, else by the fastest: the request
         with the least slack left decides (SuperServe's SlackFit), and the batch is not split into
-        smaller, slower groups run one after the other.
+        smaller, slower groups run one after the other. A variant whose capacity the arrival rate
+        (:class:`ArrivalRate`, from the requests' stamps) exceeds is passed over even while the
+        waits still fit: its queue would grow, and the slack alone would see it only once it is long.
 
         Args:
             requests: Each request's parameters, in execute order.
@@ -176,9 +228,11 @@ class VariantChoice:
                 chosen.append(self._named(parameters, default))
             except ValueError as err:
                 chosen.append(err)
+        self.arrivals.add([_stamp(p) for p in requests if waited_ms(p) is not None])  # skewed clocks left out
         auto = [p for p, c in zip(requests, chosen, strict=True) if c == AUTO]
         if auto:
-            shared = self.fitting(len(requests), [self._slack(p, default) for p in auto], default.headroom)
+            shared = self.fitting(len(requests), [self._slack(p, default) for p in auto], default.headroom,
+                                  self.arrivals.per_s())  # fmt: skip
             chosen = [shared if c == AUTO else c for c in chosen]
         return chosen
 
@@ -203,8 +257,13 @@ class VariantChoice:
             waited = max(0.0, self.last_execute_ms - 1e3 * (time.monotonic() - self._last_end))
         return None if execute is None else execute + waited
 
+    def capacity_per_s(self, variant: str) -> float | None:
+        """Requests per second ``variant`` serves with its queue saturated (batches of ``max_batch``)."""
+        execute = self.by_name[variant].execute_ms(self.max_batch, self.scale)
+        return None if not execute else 1e3 * self.max_batch / execute
+
     def fitting(self, depth: int, requests: Sequence[tuple[float | None, float | None]],
-                headroom: float = DEFAULT_HEADROOM) -> str:  # fmt: skip
+                headroom: float = DEFAULT_HEADROOM, rate_per_s: float | None = None) -> str:  # fmt: skip
         """Most accurate variant predicted within ``headroom x objective`` for every request; else the fastest.
 
         Args:
@@ -212,6 +271,8 @@ class VariantChoice:
             requests: ``(objective_ms, waited_ms)`` per request; ``None`` objective: no bound,
                 ``None`` wait: estimated from the previous execute.
             headroom: Fraction of each objective a prediction may use.
+            rate_per_s: Arrivals per second (``None``: unknown); a variant must also keep up with
+                it: ``rate <= UTILISATION x capacity_per_s``.
 
         Without an objective or latency figures: the most accurate variant.
         """
@@ -220,7 +281,9 @@ class VariantChoice:
             return self.held[0].name
         worst = {v.name: max(self.predicted_ms(v.name, depth, w) - limit for limit, w in bounded) for v in self.held}
         for v in self.held:
-            if worst[v.name] <= 0:
+            capacity = self.capacity_per_s(v.name)
+            keeps_up = rate_per_s is None or capacity is None or rate_per_s <= UTILISATION * capacity
+            if worst[v.name] <= 0 and keeps_up:
                 return v.name
         return min(self.held, key=lambda v: worst[v.name]).name
 
@@ -242,11 +305,18 @@ def _objective(value: object) -> float | None:
     return ms if ms > 0 else None
 
 
+def _stamp(parameters: dict) -> int | None:
+    """The request's ``sent_unix_ns`` stamp (``None``: none, or not an integer)."""
+    try:
+        return int(parameters[SENT_PARAMETER])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def waited_ms(parameters: dict, now_ns: int | None = None) -> float | None:
     """Milliseconds since the request's ``sent_unix_ns`` stamp (``None``: no stamp, or a skewed clock's)."""
-    try:
-        sent = int(parameters[SENT_PARAMETER])
-    except (KeyError, TypeError, ValueError):
+    sent = _stamp(parameters)
+    if sent is None:
         return None
     waited = ((time.time_ns() if now_ns is None else now_ns) - sent) / 1e6
     return waited if 0.0 <= waited < _MAX_WAIT_MS else None

@@ -105,7 +105,8 @@ class TritonPythonModel(leaf.TritonPythonModel):
                                    rows.get(name, {}).get("b1_ms"), rows.get(name, {}).get("b8_ms"))
                 for name in self.variant_parts]
         self.choice = choice.VariantChoice(held, versions.get(loaded, held[0].name),
-                                           model_dir.parent / choice.LIVE_VARIANT_FILE)
+                                           model_dir.parent / choice.LIVE_VARIANT_FILE,
+                                           max_batch=int(config.get("max_batch_size") or 8))
         self.answered_family, self.answered = _answered_counters(args["model_name"], list(self.variant_parts))
 
     def execute(self, requests: list) -> list:

@@ -126,3 +126,42 @@ def test_the_auto_requests_of_one_execute_share_the_variant_that_fits_the_one_th
     chosen = choice.pick_batch([named, old, unknown, loose])
     assert chosen[0] == "accurate" and chosen[1] == chosen[3] == "light"  # no objective: no bound of its own
     assert isinstance(chosen[2], ValueError) and "held variants" in str(chosen[2])  # fails alone
+
+
+def test_the_arrival_rate_is_counted_up_to_the_youngest_arrival_seen_and_needs_a_full_window():
+    from serving.triton.backend.variant_choice import ArrivalRate
+
+    rate, ms = ArrivalRate(window_s=1.0), 1_000_000
+    rate.add([t * 10 * ms for t in range(50)])  # 100 per second for 0.5 s
+    assert rate.per_s() is None  # under one window seen: no figure rather than a low one
+    rate.add([500 * ms + t * 5 * ms for t in range(120)])  # then 200 per second for 0.6 s
+    assert rate.per_s() == pytest.approx(160.0, abs=2)  # the second before the youngest: 0.4 s x 100 + 0.6 s x 200
+    rate.add([])  # an execute without stamps changes nothing
+    assert rate.per_s() == pytest.approx(160.0, abs=2)
+
+
+def test_auto_passes_over_a_variant_the_arrivals_outrun_even_while_the_waits_fit(choice):
+    # capacity at batch 8: accurate 8 / 66 ms = 121/s, light 8 / 30 ms = 267/s; utilisation 0.9
+    assert choice.capacity_per_s("accurate") == pytest.approx(121.2, abs=0.1)
+    fresh = [(100.0, 0.0)]
+    assert choice.fitting(1, fresh, rate_per_s=None) == "accurate"
+    assert choice.fitting(1, fresh, rate_per_s=100.0) == "accurate"  # 100 <= 0.9 x 121
+    assert choice.fitting(1, fresh, rate_per_s=150.0) == "light"  # its queue would grow
+    assert choice.fitting(1, fresh, rate_per_s=1000.0) == "light"  # nothing keeps up: the fastest
+
+
+def test_stamped_requests_feed_the_rate_that_turns_auto_to_the_variant_that_keeps_up(choice):
+    import time
+
+    from serving.triton.backend.variant_choice import SENT_PARAMETER
+
+    def batch(start_ns: int, per_s: float, n: int) -> list[dict]:
+        gap = int(1e9 / per_s)
+        return [{"variant": AUTO, "objective_ms": 10_000, SENT_PARAMETER: start_ns + k * gap} for k in range(n)]
+
+    now = time.time_ns()
+    slow = batch(now - 3_000_000_000, 50.0, 60)  # 1.2 s at 50/s: accurate (121/s) keeps up
+    assert set(choice.pick_batch(slow)) == {"accurate"}
+    fast = batch(now - 1_500_000_000, 200.0, 240)  # then 1.2 s at 200/s: only light (267/s) does
+    assert set(choice.pick_batch(fast)) == {"light"}
+    assert choice.pick_batch([{"variant": "accurate"}]) == ["accurate"]  # a named variant is kept
