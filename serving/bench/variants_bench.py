@@ -138,6 +138,19 @@ def share_within(samples: Sequence[Sample], objective_s: float) -> float | None:
     return sum(1 for s in samples if s.ok and s.latency_s <= objective_s) / len(samples) if samples else None
 
 
+def within_by_phase(samples: Sequence[Sample], trace: Sequence[tuple[float, float]], objective_s: float
+                    ) -> list[float | None]:  # fmt: skip
+    """:func:`share_within` of the requests sent in each phase of ``trace`` (``(seconds, level)``).
+
+    A request sent after the trace's end counts in its last phase; a phase nobody was sent in is ``None``.
+    """
+    ends = list(itertools.accumulate(seconds for seconds, _ in trace))
+    phases: list[list[Sample]] = [[] for _ in trace]
+    for s in samples:
+        phases[min(sum(s.t >= e for e in ends), len(trace) - 1)].append(s)
+    return [share_within(p, objective_s) for p in phases]
+
+
 def answered_per_variant(metrics_url: str) -> dict[str, float]:
     """``polyhead_variant_requests_total`` of the ``trunk`` model per variant, from Triton's metrics endpoint."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -275,10 +288,12 @@ def _switch_ms(url: str, images: Sequence[np.ndarray], a: str, b: str, seconds: 
     return {"switch_ms": round(float(np.mean(cost)), 3), "sides": sides, "pair": [a, b]}
 
 
-def _figures(samples: Sequence[Sample], objective_s: float) -> dict:
+def _figures(samples: Sequence[Sample], objective_s: float, trace: Sequence[tuple[float, float]]) -> dict:
     lat = [s.latency_s for s in samples if s.ok]
+    by_phase = [None if w is None else round(w, 4) for w in within_by_phase(samples, trace, objective_s)]
     return {"requests": len(samples), "failed": sum(not s.ok for s in samples),
-            "within": share_within(samples, objective_s), **percentiles_ms(lat, (50, 95, 99))}  # fmt: skip
+            "within": share_within(samples, objective_s), "within_by_phase": by_phase,
+            **percentiles_ms(lat, (50, 95, 99))}  # fmt: skip
 
 
 def run_variants_bench(
@@ -393,8 +408,9 @@ def run_variants_bench(
             after = answered_per_variant(server.metrics_url)
             answered = {v: after.get(v, 0) - before.get(v, 0) for v in maps}
             runs["per_request"] = {"samples": samples, "answered": answered, "served_map": served_map(answered, maps)}
-    figures = {name: {**_figures(r["samples"], objective_s), **{k: r[k] for k in ("switches", "answered", "served_map")
-               if k in r}} for name, r in runs.items()}  # fmt: skip
+    kept = ("switches", "answered", "served_map")
+    figures = {name: {**_figures(r["samples"], objective_s, trace), **{k: r[k] for k in kept if k in r}}
+               for name, r in runs.items()}  # fmt: skip
     figures["static_best"] = {**figures[f"static_{best.name}"], "variant": best.name}
     return {
         "workdir": str(workdir), "machine": machine(), "forced_variants": forced, "tasks": list(every.tasks),
@@ -442,6 +458,12 @@ def format_table(result: dict) -> str:
         served = f"{f['served_map']:.3f}" if f.get("served_map") is not None else "-"
         lines.append(f"| {label} | {f['requests']} | {f['failed']} | {100 * (f['within'] or 0):.1f} % | {served} | "
                      f"{f['p50_ms']:.1f} | {f['p95_ms']:.1f} | {f['p99_ms']:.1f} |")  # fmt: skip
+    phased = [(name, f["within_by_phase"]) for name, f in result["runs"].items() if f.get("within_by_phase")]
+    if phased:
+        lines += ["", "within the objective per phase (" + ", ".join(f"{s:g} s x {c:g}" for s, c in result["trace"])
+                  + "):"]  # fmt: skip
+        lines += [f"- {name}: " + " / ".join("-" if w is None else f"{100 * w:.0f} %" for w in phases)
+                  for name, phases in phased]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -55,6 +55,18 @@ def test_the_targets_and_the_table_say_which_were_met():
     assert "closed-loop trace 4 s x 1, 2 s x 8 clients" in table
     opened = format_table({**result(0.99, 0.5), "load": "open", "trace": [[2.0, 1.25]], "capacity_per_s": 80.0})
     assert "trace 2 s x 1.25 x the most accurate variant's capacity (80 requests/s)" in opened
+    phased = result(0.99, 0.5)
+    phased["runs"]["per_request"]["within_by_phase"] = [1.0, 0.975]
+    assert "- per_request: 100 % / 98 %" in format_table(phased)
+
+
+def test_within_is_split_by_the_phase_each_request_was_sent_in():
+    from serving.bench.variants_bench import within_by_phase
+
+    samples = [Sample(t, lat, True) for t, lat in [(0.5, 0.01), (3.9, 0.09), (4.0, 0.01), (5.5, 0.2), (9.0, 0.01)]]
+    # phases [0, 4), [4, 6), [6, 7): the last sample, sent after the trace's end, counts in the last phase
+    assert within_by_phase(samples, [(4.0, 1), (2.0, 8), (1.0, 1)], 0.05) == [0.5, 0.5, 1.0]
+    assert within_by_phase(samples[:1], [(4.0, 1), (2.0, 8)], 0.05) == [1.0, None]
 
 
 def test_search_serving_figures_hold_only_admitted_variants_and_need_a_second_one(tmp_path):
