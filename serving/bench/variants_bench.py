@@ -25,8 +25,11 @@ Three figures (issue 16, item 4), on staged copies of the workspace (the source 
   - ``static_<variant>``: that variant served alone the whole trace; ``static_best`` is the most
     accurate one (the one a fixed deployment would pick for accuracy).
 
+Every mode runs the trace ``rounds`` times, the modes in alternating order (ABC, CBA, ...) on two
+servers started once (the version-per-variant one and the per-request one), so that a noisy
+stretch of a shared machine hits every mode alike; the figures pool the rounds.
 Requests carry validation photos of the workspace (random images only where none is found).
-The objective (unless given) is set from the static runs: ``max(1.2 x p99 of the fastest variant,
+The objective (unless given) is set from the static runs of the first round: ``max(1.2 x p99 of the fastest variant,
 sqrt(p99 fastest x p95 most accurate))``, so the fastest variant alone keeps it and the most
 accurate alone does not.
 """
@@ -288,12 +291,110 @@ def _switch_ms(url: str, images: Sequence[np.ndarray], a: str, b: str, seconds: 
     return {"switch_ms": round(float(np.mean(cost)), 3), "sides": sides, "pair": [a, b]}
 
 
+def _memory_and_switch(single: Path, every: Path, ladder: list, fastest: str, images: Sequence[np.ndarray],
+                       switch_s: float) -> tuple[dict, dict, dict]:  # fmt: skip
+    """``(memory of one variant, memory of all, switch figures)``: each repository served and warmed alone."""
+    with _serve(single) as server:
+        _warm(server.url, images, [None])
+        memory_one = group_memory_mib(server.pid)
+    with _serve(every) as server:
+        _warm(server.url, images, [v.name for v in ladder])
+        memory_all = group_memory_mib(server.pid)
+        switch = _switch_ms(server.url, images, ladder[0].name, fastest, switch_s)
+    return memory_one, memory_all, switch
+
+
+def _pool(run: dict, samples: list[Sample], counts: dict[str, float], switches: list | None,
+          objective_ms: float | None) -> None:  # fmt: skip
+    """Add one round of a mode to its pooled ``run`` (samples, share within per round, answers, switches)."""
+    run["samples"] += samples
+    run["by_round"].append(share_within(samples, objective_ms / 1e3) if objective_ms else None)
+    run["counts"] = {n: run["counts"].get(n, 0) + counts.get(n, 0) for n in {*run["counts"], *counts}}
+    if switches is not None:
+        run.setdefault("switches", []).extend(switches)
+
+
+def _objective_ms(runs: dict[str, dict], best: str, fastest: str) -> float:
+    """The default objective from the static runs (see the module docstring)."""
+    def latencies(name: str) -> list[float]:
+        return [s.latency_s for s in runs[f"static_{name}"]["samples"] if s.ok]
+
+    p99_fast, p95_best = float(np.percentile(latencies(fastest), 99)), float(np.percentile(latencies(best), 95))
+    return round(1e3 * max(1.2 * p99_fast, math.sqrt(p99_fast * p95_best)), 1)
+
+
 def _figures(samples: Sequence[Sample], objective_s: float, trace: Sequence[tuple[float, float]]) -> dict:
     lat = [s.latency_s for s in samples if s.ok]
     by_phase = [None if w is None else round(w, 4) for w in within_by_phase(samples, trace, objective_s)]
     return {"requests": len(samples), "failed": sum(not s.ok for s in samples),
             "within": share_within(samples, objective_s), "within_by_phase": by_phase,
             **percentiles_ms(lat, (50, 95, 99))}  # fmt: skip
+
+
+class _Trials:
+    """One run of the trace in one mode, on the two servers of :func:`run_variants_bench`.
+
+    Args:
+        server: The version-per-variant server (static and reload modes).
+        held: The per-request server holding every variant.
+        versions: ``server``'s repository summary; ``held_repo``: ``held``'s repository.
+        workspace: The staged workspace (the controller reads its variants).
+        ladder: The variants, most accurate first.
+        images, trace, load, tick_s: As in :func:`run_variants_bench`.
+    """
+
+    def __init__(self, server: EmbeddedTriton, held: EmbeddedTriton, versions: object, held_repo: Path,
+                 workspace: Path, ladder: list, images: Sequence[np.ndarray], trace: Sequence[tuple[float, float]],
+                 load: str, tick_s: float) -> None:  # fmt: skip
+        self.server, self.held, self.versions = server, held, versions
+        self.held_repo, self.workspace = held_repo, workspace
+        self.ladder, self.images, self.trace, self.load, self.tick_s = ladder, images, trace, load, tick_s
+        self.switcher = TrunkSwitcher(server.url, versions.path)
+        self.by_version = {n: v for v, n in versions.trunk_versions.items()}
+        self.times: list[float] = []
+
+    def open_loop_at_capacity(self) -> float:
+        """Measure the most accurate variant's capacity and draw the open-loop arrivals from it."""
+        self.switcher.apply(self.ladder[0])
+        _warm(self.server.url, self.images, [None])
+        capacity = round(capacity_per_s(self.server.url, self.images), 1)
+        self.times = arrival_times([(sec, f * capacity) for sec, f in self.trace])
+        return capacity
+
+    def _drive(self, url: str, controller: ReloadController | None = None) -> list[Sample]:
+        if self.load == "closed":
+            on_tick = controller.tick if controller else None
+            return run_trace(url, self.images, self.trace, on_tick=on_tick, tick_s=self.tick_s)
+        generator = OpenLoopLoad(_clients(url, self.images, None), senders=32)
+        if controller is not None:
+            controller.tick(generator)
+        return generator.run(self.times)
+
+    def run(self, mode: str, objective_ms: float | None) -> tuple[list[Sample], dict[str, float], list | None]:
+        """``(samples, requests per variant that answered, reload switches or None)`` of one run of ``mode``."""
+        best = self.ladder[0]
+        if mode.startswith("static_"):
+            v = next(v for v in self.ladder if f"static_{v.name}" == mode)
+            self.switcher.apply(v)
+            _warm(self.server.url, self.images, [None])
+            samples = self._drive(self.server.url)
+            return samples, {v.name: len(samples)}, None
+        if mode == "reload":
+            self.switcher.apply(best)
+            set_live_trunk_version(self.versions.path, self.by_version[best.name])
+            _warm(self.server.url, self.images, [None])
+            config = ControllerConfig(dict.fromkeys(self.versions.tasks, objective_ms / 1e3), interval_s=self.tick_s,
+                                      cooldown_s=2.0, breach_evals=1, recover_evals=2)  # fmt: skip
+            policy = Policy(read_variants(self.workspace, self.versions.path), config, best.name)
+            with ReloadController(policy, self.switcher, self.versions.tasks, self.tick_s) as ctl:
+                samples = self._drive(self.server.url, ctl)
+            return samples, _live_at(samples, best.name, ctl.switches), ctl.switches
+        write_live_variant(self.held_repo, AUTO, objective_ms)
+        _warm(self.held.url, self.images, [v.name for v in self.ladder])
+        before = answered_per_variant(self.held.metrics_url)
+        samples = self._drive(self.held.url)
+        after = answered_per_variant(self.held.metrics_url)
+        return samples, {v.name: after.get(v.name, 0) - before.get(v.name, 0) for v in self.ladder}, None
 
 
 def run_variants_bench(
@@ -305,6 +406,7 @@ def run_variants_bench(
     tick_s: float = 0.5,
     progress: Callable[[str], None] | None = None,
     load: str = "closed",
+    rounds: int = 2,
 ) -> dict:
     """Measure ``switch_ms``, ``memory_all_variants_ratio`` and ``slo_within`` (see the module docstring).
 
@@ -318,14 +420,18 @@ def run_variants_bench(
         tick_s: Evaluation period of the reload controller.
         progress: Called with one line per phase.
         load: ``"closed"`` or ``"open"`` (see the module docstring).
+        rounds: Times every mode runs the trace, in alternating order (ABC, CBA, ...); each mode's
+            figures pool its rounds, ``by_round`` keeps each round's share within.
 
     Raises:
-        ConfigError: Fewer than two variants, or an unknown ``load``.
+        ConfigError: Fewer than two variants, an unknown ``load``, or ``rounds`` < 1.
     """
     say = progress or (lambda _line: None)
     workdir = Path(workdir)
     if load not in LOADS:
         raise ConfigError(f"load {load!r} is not one of {list(LOADS)}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
     trace = tuple(trace or (DEFAULT_TRACE if load == "closed" else DEFAULT_OPEN_TRACE))
     names = list(variants or _admitted(workdir))
     if len(names) < 2:
@@ -345,70 +451,35 @@ def run_variants_bench(
         versions = build_repository(tmp / "all", out=tmp / "repo-versions",
                                     options=RepositoryOptions(heads_layout="in_trunk"))  # fmt: skip
         images = _photos(workdir, every.input_size)
-        say(f"memory: one variant ({best.name}) vs all of {[v.name for v in ladder]}")
-        with _serve(single.path) as server:
-            _warm(server.url, images, [None])
-            memory_one = group_memory_mib(server.pid)
-        with _serve(every.path) as server:
-            _warm(server.url, images, [v.name for v in ladder])
-            memory_all = group_memory_mib(server.pid)
-            say(f"switch: {best.name} <-> {fastest.name}, {switch_s:g} s")
-            switch = _switch_ms(server.url, images, best.name, fastest.name, switch_s)
-        runs: dict[str, dict] = {}
-        by_version = {n: v for v, n in versions.trunk_versions.items()}
-        times: list[float] = []
+        say(f"memory: one variant ({best.name}) vs all of {[v.name for v in ladder]}; "
+            f"switch: {best.name} <-> {fastest.name}, {switch_s:g} s")  # fmt: skip
+        memory_one, memory_all, switch = _memory_and_switch(single.path, every.path, ladder, fastest.name, images,
+                                                            switch_s)  # fmt: skip
+        modes = [f"static_{v.name}" for v in ladder] + ["reload", "per_request"]
+        runs: dict[str, dict] = {m: {"samples": [], "by_round": [], "counts": {}} for m in modes}
         capacity = None
-
-        def drive(url: str, controller: ReloadController | None = None) -> list[Sample]:
-            if load == "closed":
-                return run_trace(url, images, trace, on_tick=controller.tick if controller else None, tick_s=tick_s)
-            generator = OpenLoopLoad(_clients(url, images, None), senders=32)
-            if controller is not None:
-                controller.tick(generator)
-            return generator.run(times)
-
-        with _serve(versions.path) as server:
-            switcher = TrunkSwitcher(server.url, versions.path)
+        with _serve(versions.path) as server, _serve(every.path) as held:
+            trials = _Trials(server, held, versions, every.path, tmp / "all", ladder, images, trace, load, tick_s)
             if load == "open":
-                switcher.apply(best)
-                _warm(server.url, images, [None])
-                capacity = round(capacity_per_s(server.url, images), 1)
-                times = arrival_times([(sec, f * capacity) for sec, f in trace])
+                capacity = trials.open_loop_at_capacity()
                 say(f"open loop: {best.name} answers {capacity:g} requests/s under 8 clients; "
-                    f"{len(times)} arrivals")  # fmt: skip
-            for v in ladder:
-                say(f"static {v.name}: trace of {sum(s for s, _ in trace):g} s")
-                switcher.apply(v)
-                _warm(server.url, images, [None])
-                samples = drive(server.url)
-                runs[f"static_{v.name}"] = {"samples": samples, "served_map": round(v.accuracy, 4)}
-            lat = {n: [s.latency_s for s in r["samples"] if s.ok] for n, r in runs.items()}
-            if objective_ms is None:
-                p99_fast = float(np.percentile(lat[f"static_{fastest.name}"], 99))
-                p95_best = float(np.percentile(lat[f"static_{best.name}"], 95))
-                objective_ms = round(1e3 * max(1.2 * p99_fast, math.sqrt(p99_fast * p95_best)), 1)
-            objective_s = objective_ms / 1e3
-            say(f"reload: controller policy every {tick_s:g} s, objective {objective_ms:g} ms")
-            switcher.apply(best)
-            set_live_trunk_version(versions.path, by_version[best.name])
-            _warm(server.url, images, [None])
-            config = ControllerConfig(dict.fromkeys(versions.tasks, objective_s), interval_s=tick_s, cooldown_s=2.0,
-                                      breach_evals=1, recover_evals=2)  # fmt: skip
-            policy_ladder = read_variants(tmp / "all", versions.path)
-            with ReloadController(Policy(policy_ladder, config, best.name), switcher, versions.tasks, tick_s) as ctl:
-                samples = drive(server.url, ctl)
-            runs["reload"] = {"samples": samples, "switches": ctl.switches,
-                              "served_map": served_map(_live_at(samples, best.name, ctl.switches), maps)}  # fmt: skip
-        with _serve(every.path) as server:
-            write_live_variant(every.path, AUTO, objective_ms)
-            say(f"per-request: auto within {objective_ms:g} ms")
-            _warm(server.url, images, [v.name for v in ladder])
-            before = answered_per_variant(server.metrics_url)
-            samples = drive(server.url)
-            after = answered_per_variant(server.metrics_url)
-            answered = {v: after.get(v, 0) - before.get(v, 0) for v in maps}
-            runs["per_request"] = {"samples": samples, "answered": answered, "served_map": served_map(answered, maps)}
-    kept = ("switches", "answered", "served_map")
+                    f"{len(trials.times)} arrivals")  # fmt: skip
+            for r in range(rounds):
+                for mode in modes if r % 2 == 0 else modes[::-1]:  # ABC, CBA: drift hits every mode alike
+                    say(f"round {r + 1}/{rounds}: {mode}, trace of {sum(s for s, _ in trace):g} s")
+                    _pool(runs[mode], *trials.run(mode, objective_ms), objective_ms)
+                    if objective_ms is None and all(runs[m]["samples"] for m in modes[:len(ladder)]):
+                        objective_ms = _objective_ms(runs, best.name, fastest.name)
+                        for m in modes[:len(ladder)]:  # the statics ran before it was known
+                            runs[m]["by_round"] = [share_within(runs[m]["samples"], objective_ms / 1e3)]
+                        say(f"objective {objective_ms:g} ms (from the static runs of round 1)")
+        for mode, run in runs.items():
+            counts = run.pop("counts")
+            run["served_map"] = served_map(counts, maps)
+            if mode == "per_request":
+                run["answered"] = counts
+        objective_s = objective_ms / 1e3
+    kept = ("switches", "answered", "served_map", "by_round")
     figures = {name: {**_figures(r["samples"], objective_s, trace), **{k: r[k] for k in kept if k in r}}
                for name, r in runs.items()}  # fmt: skip
     figures["static_best"] = {**figures[f"static_{best.name}"], "variant": best.name}
@@ -416,7 +487,7 @@ def run_variants_bench(
         "workdir": str(workdir), "machine": machine(), "forced_variants": forced, "tasks": list(every.tasks),
         "variants": [{"name": v.name, "map": round(v.accuracy, 4), "latency_ms": v.latency_ms} for v in ladder],
         "load": load, "trace": [list(p) for p in trace], "capacity_per_s": capacity, "objective_ms": objective_ms,
-        "switch_ms": switch["switch_ms"], "switch": switch,
+        "rounds": rounds, "switch_ms": switch["switch_ms"], "switch": switch,
         "memory_mib": {"one": memory_one, "all": memory_all},
         "memory_all_variants_ratio": round(memory_all["rss_mib"] / memory_one["rss_mib"], 3),
         "slo_within": {name: f["within"] for name, f in figures.items()},
@@ -463,8 +534,13 @@ def format_table(result: dict) -> str:
         lines += ["", "within the objective per phase (" + ", ".join(f"{s:g} s x {c:g}" for s, c in result["trace"])
                   + "):"]  # fmt: skip
         lines += [f"- {name}: " + " / ".join("-" if w is None else f"{100 * w:.0f} %" for w in phases)
-                  for name, phases in phased]  # fmt: skip
+                  + _rounds_text(result["runs"][name]) for name, phases in phased]  # fmt: skip
     return "\n".join(lines)
+
+
+def _rounds_text(run: dict) -> str:
+    rounds = [w for w in run.get("by_round") or [] if w is not None]
+    return f"; by round {' / '.join(f'{100 * w:.1f} %' for w in rounds)}" if len(rounds) > 1 else ""
 
 
 def _trace_text(result: dict) -> str:

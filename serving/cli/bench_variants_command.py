@@ -25,7 +25,7 @@ def _cmd_bench_variants(args: argparse.Namespace) -> int:
     result = run_variants_bench(
         args.workdir, [n for n in args.variants.split(",") if n] if args.variants else None,
         parse_trace(args.trace, args.load) if args.trace else None, args.objective_ms, switch_s=args.switch_seconds,
-        tick_s=args.tick, progress=lambda line: print(line, flush=True), load=args.load,
+        tick_s=args.tick, progress=lambda line: print(line, flush=True), load=args.load, rounds=args.rounds,
     )  # fmt: skip
     result["command"] = shlex.join(["polyhead", *sys.argv[1:]])
     print(format_table(result))
@@ -56,5 +56,7 @@ def register(bench: Subparsers) -> None:
                                                       "fastest variant alone keeps it and the most accurate does not)")
     b.add_argument("--switch-seconds", type=float, default=20.0, help="seconds of the switch measurement "
                                                                       "(default %(default)s)")
+    b.add_argument("--rounds", type=int, default=2, help="times every mode runs the trace, in alternating order "
+                                                         "(ABC, CBA), pooled (default %(default)s)")
     b.add_argument("--tick", type=float, default=0.5, help="reload controller period, s (default %(default)s)")
     b.set_defaults(func=_cmd_bench_variants)

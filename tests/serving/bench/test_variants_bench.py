@@ -56,8 +56,8 @@ def test_the_targets_and_the_table_say_which_were_met():
     opened = format_table({**result(0.99, 0.5), "load": "open", "trace": [[2.0, 1.25]], "capacity_per_s": 80.0})
     assert "trace 2 s x 1.25 x the most accurate variant's capacity (80 requests/s)" in opened
     phased = result(0.99, 0.5)
-    phased["runs"]["per_request"]["within_by_phase"] = [1.0, 0.975]
-    assert "- per_request: 100 % / 98 %" in format_table(phased)
+    phased["runs"]["per_request"].update(within_by_phase=[1.0, 0.975], by_round=[0.991, 0.985])
+    assert "- per_request: 100 % / 98 %; by round 99.1 % / 98.5 %" in format_table(phased)
 
 
 def test_within_is_split_by_the_phase_each_request_was_sent_in():
