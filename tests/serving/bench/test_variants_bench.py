@@ -77,3 +77,15 @@ def test_search_serving_figures_hold_only_admitted_variants_and_need_a_second_on
     assert add_serving_figures(search, tmp_path) is search
     assert search["switch_ms"] is None
     assert "the admitted variants are ['reference'], per-request needs two" in search["serving_note"]
+
+
+def test_rounds_of_a_mode_are_pooled_with_each_rounds_share_kept():
+    from serving.bench.variants_bench import _pool
+
+    run = {"samples": [], "by_round": [], "counts": {}}
+    _pool(run, [Sample(0.0, 0.01, True), Sample(1.0, 0.5, True)], {"a": 2}, None, 100.0)
+    _pool(run, [Sample(0.0, 0.01, True)], {"a": 0, "b": 1}, [(1.0, "a", "b", 0.3)], 100.0)
+    assert len(run["samples"]) == 3 and run["by_round"] == [0.5, 1.0]
+    assert run["counts"] == {"a": 2, "b": 1} and run["switches"] == [(1.0, "a", "b", 0.3)]
+    _pool(run, [], {}, None, None)  # before the objective is known a round's share is not
+    assert run["by_round"][-1] is None
