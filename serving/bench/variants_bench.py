@@ -18,7 +18,8 @@ Three figures (issue 16, item 4), on staged copies of the workspace (the source 
   when the request was sent):
 
   - ``per_request``: one server holding every variant, default ``auto`` (the backend picks per
-    execute from its queue depth, :mod:`serving.triton.backend.variant_choice`);
+    execute from the queue depth, each request's wait since its arrival and the arrival rate,
+    :mod:`serving.triton.backend.variant_choice`);
   - ``reload``: a version-per-variant server and the controller's real :class:`Policy` and
     :class:`TrunkSwitcher` (a ``trunk`` reload per switch), fed every ``tick_s`` with the p95 of
     the last second of the clients' own requests (no Prometheus: the fastest feedback it can have);
