@@ -32,7 +32,7 @@ so a queue that builds (arrivals faster than the variant serves) turns ``auto`` 
 variants as soon as the waits grow, and back once they shrink. A stamp from a skewed clock
 (negative, or a minute old) is ignored.
 
-The stamps also give the arrival rate (:class:`ArrivalRate`, the last second of arrivals), and a
+The stamps also give the arrival rate (:class:`ArrivalRate`, the last half second of arrivals), and a
 variant must keep up with it: ``rate <= UTILISATION x capacity``, its capacity being
 ``max_batch / execute_ms(v, max_batch)``. Waits alone react only once a queue is long, when the
 requests behind the first late one are late too; the rate turns ``auto`` to a faster variant as
@@ -67,7 +67,7 @@ _SCALE_ALPHA, _SCALE_RANGE = 0.2, (0.1, 20.0)
 #: Share of a variant's capacity the arrival rate may use before ``auto`` passes the variant over.
 UTILISATION = 0.9
 #: Seconds of arrivals behind :class:`ArrivalRate`.
-DEFAULT_RATE_WINDOW_S = 1.0
+DEFAULT_RATE_WINDOW_S = 0.5
 
 
 @dataclass(frozen=True)
