@@ -20,7 +20,8 @@ def _text(trace: tuple) -> str:
 
 
 def _cmd_bench_variants(args: argparse.Namespace) -> int:
-    from serving.bench.variants_bench import format_table, parse_trace, run_variants_bench
+    from serving.bench.variants_bench import parse_trace, run_variants_bench
+    from serving.bench.variants_figures import format_table
 
     result = run_variants_bench(
         args.workdir, [n for n in args.variants.split(",") if n] if args.variants else None,

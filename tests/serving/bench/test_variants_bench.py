@@ -3,7 +3,8 @@
 import pytest
 
 from serving.bench.load_generator import Sample
-from serving.bench.variants_bench import _live_at, format_table, parse_trace, served_map, share_within, targets
+from serving.bench.variants_bench import parse_trace
+from serving.bench.variants_figures import format_table, live_at, served_map, share_within, targets
 from shared.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def test_served_map_weights_each_variant_by_the_requests_it_answered():
     assert served_map({"other": 5}, maps) is None
     # the reload controller's switches: the variant live when each request was sent
     samples = [Sample(t, 0.01, True) for t in (0.5, 1.5, 2.5, 3.5)]
-    assert _live_at(samples, "ref", [(1.0, "ref", "small", 0.4), (3.0, "small", "ref", 0.3)]) == {"ref": 2, "small": 2}
+    assert live_at(samples, "ref", [(1.0, "ref", "small", 0.4), (3.0, "small", "ref", 0.3)]) == {"ref": 2, "small": 2}
 
 
 def test_failed_and_slow_requests_count_as_outside_the_objective():
@@ -61,7 +62,7 @@ def test_the_targets_and_the_table_say_which_were_met():
 
 
 def test_within_is_split_by_the_phase_each_request_was_sent_in():
-    from serving.bench.variants_bench import within_by_phase
+    from serving.bench.variants_figures import within_by_phase
 
     samples = [Sample(t, lat, True) for t, lat in [(0.5, 0.01), (3.9, 0.09), (4.0, 0.01), (5.5, 0.2), (9.0, 0.01)]]
     # phases [0, 4), [4, 6), [6, 7): the last sample, sent after the trace's end, counts in the last phase
@@ -80,12 +81,12 @@ def test_search_serving_figures_hold_only_admitted_variants_and_need_a_second_on
 
 
 def test_rounds_of_a_mode_are_pooled_with_each_rounds_share_kept():
-    from serving.bench.variants_bench import _pool
+    from serving.bench.variants_figures import pool_round
 
     run = {"samples": [], "by_round": [], "counts": {}}
-    _pool(run, [Sample(0.0, 0.01, True), Sample(1.0, 0.5, True)], {"a": 2}, None, 100.0)
-    _pool(run, [Sample(0.0, 0.01, True)], {"a": 0, "b": 1}, [(1.0, "a", "b", 0.3)], 100.0)
+    pool_round(run, [Sample(0.0, 0.01, True), Sample(1.0, 0.5, True)], {"a": 2}, None, 100.0)
+    pool_round(run, [Sample(0.0, 0.01, True)], {"a": 0, "b": 1}, [(1.0, "a", "b", 0.3)], 100.0)
     assert len(run["samples"]) == 3 and run["by_round"] == [0.5, 1.0]
     assert run["counts"] == {"a": 2, "b": 1} and run["switches"] == [(1.0, "a", "b", 0.3)]
-    _pool(run, [], {}, None, None)  # before the objective is known a round's share is not
+    pool_round(run, [], {}, None, None)  # before the objective is known a round's share is not
     assert run["by_round"][-1] is None
