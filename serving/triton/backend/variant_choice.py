@@ -40,8 +40,10 @@ soon as the arrivals outrun the accurate one.
 
 Where ``b1``/``b8`` are ``variant.json``'s ``latency_ms`` at batch 1 and 8 on one device key
 (extrapolated past 8) and ``scale`` is learned online: an exponential average of measured wall
-time / ``execute_ms`` over the executes run (heads, transport inside the server and this host's
-speed are in it), starting at 1.
+time / ``execute_ms`` (heads, transport inside the server and this host's speed are in it), per
+variant over the executes that ran it alone (the heads' fixed cost weighs more on a light trunk,
+so one shared factor would overrate the light variants), the shared average over every execute
+until then, starting at 1.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class VariantChoice:
         self.fallback, self.live_file = Default(fallback), Path(live_file)
         self.default, self._stamp = self.fallback, None
         self.scale, self.last_execute_ms, self._last_end = 1.0, 0.0, 0.0
+        self.scales: dict[str, float] = {}
         self.max_batch, self.arrivals = max(1, int(max_batch)), ArrivalRate()
 
     def names(self) -> list[str]:
@@ -252,14 +255,14 @@ class VariantChoice:
 
         ``waited``: ms the request already waited (from its send stamp); ``None``: estimated.
         """
-        execute = self.by_name[variant].execute_ms(depth, self.scale)
+        execute = self.by_name[variant].execute_ms(depth, self.scale_of(variant))
         if waited is None:  # requests queued behind the previous execute
             waited = max(0.0, self.last_execute_ms - 1e3 * (time.monotonic() - self._last_end))
         return None if execute is None else execute + waited
 
     def capacity_per_s(self, variant: str) -> float | None:
         """Requests per second ``variant`` serves with its queue saturated (batches of ``max_batch``)."""
-        execute = self.by_name[variant].execute_ms(self.max_batch, self.scale)
+        execute = self.by_name[variant].execute_ms(self.max_batch, self.scale_of(variant))
         return None if not execute else 1e3 * self.max_batch / execute
 
     def fitting(self, depth: int, requests: Sequence[tuple[float | None, float | None]],
@@ -294,6 +297,14 @@ class VariantChoice:
         if raw and None not in raw and sum(raw) > 0:
             ratio = min(max(wall_ms / sum(raw), _SCALE_RANGE[0]), _SCALE_RANGE[1])
             self.scale += _SCALE_ALPHA * (ratio - self.scale)
+            if len(depths) == 1:  # a variant run alone: its own factor (heads weigh more on a light trunk)
+                (name,) = depths
+                own = self.scales.get(name, ratio)
+                self.scales[name] = own + _SCALE_ALPHA * (ratio - own)
+
+    def scale_of(self, variant: str) -> float:
+        """The learned wall / ``execute_ms`` factor of ``variant``: its own once it ran alone, else the shared one."""
+        return self.scales.get(variant, self.scale)
 
 
 def _objective(value: object) -> float | None:

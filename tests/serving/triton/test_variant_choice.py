@@ -165,3 +165,15 @@ def test_stamped_requests_feed_the_rate_that_turns_auto_to_the_variant_that_keep
     fast = batch(now - 1_500_000_000, 200.0, 240)  # then 1.2 s at 200/s: only light (267/s) does
     assert set(choice.pick_batch(fast)) == {"light"}
     assert choice.pick_batch([{"variant": "accurate"}]) == ["accurate"]  # a named variant is kept
+
+
+def test_each_variant_learns_its_own_factor_once_it_ran_alone(choice):
+    for _ in range(40):
+        choice.observe({"accurate": 8}, 66.0 * 2)  # served at 2x its table figure
+        choice.observe({"light": 8}, 30.0 * 4)  # the heads' cost weighs more on the light trunk: 4x
+    assert choice.scale_of("accurate") == pytest.approx(2.0, rel=0.01)
+    assert choice.scale_of("light") == pytest.approx(4.0, rel=0.01)
+    # capacities from the served figures: accurate 8 / 132 ms, light 8 / 120 ms, not 8 / 30 ms x one factor
+    assert choice.capacity_per_s("light") == pytest.approx(66.7, abs=0.2)
+    choice.observe({"accurate": 4, "light": 4}, 200.0)  # a mixed execute moves only the shared factor
+    assert choice.scale_of("light") == pytest.approx(4.0, rel=0.01)
