@@ -56,9 +56,9 @@ from serving.bench.variants_figures import (
     default_objective_ms,
     live_at,
     pool_round,
+    pooled,
     run_figures,
     served_map,
-    share_within,
 )
 from serving.client import Detector
 from serving.controller import ControllerConfig, Policy, TrunkSwitcher, read_variants
@@ -402,7 +402,7 @@ def run_variants_bench(
         memory_one, memory_all, switch = _memory_and_switch(single.path, every.path, ladder, fastest.name, images,
                                                             switch_s)  # fmt: skip
         modes = [f"static_{v.name}" for v in ladder] + ["reload", "per_request"]
-        runs: dict[str, dict] = {m: {"samples": [], "by_round": [], "counts": {}} for m in modes}
+        runs: dict[str, dict] = {m: {"rounds": [], "counts": {}} for m in modes}
         capacity = None
         with _serve(versions.path) as server, _serve(every.path) as held:
             trials = _Trials(server, held, versions, every.path, tmp / "all", ladder, images, trace, load, tick_s)
@@ -413,18 +413,16 @@ def run_variants_bench(
             for r in range(rounds):
                 for mode in modes if r % 2 == 0 else modes[::-1]:  # ABC, CBA: drift hits every mode alike
                     say(f"round {r + 1}/{rounds}: {mode}, trace of {sum(s for s, _ in trace):g} s")
-                    pool_round(runs[mode], *trials.run(mode, objective_ms), objective_ms)
-                    if objective_ms is None and all(runs[m]["samples"] for m in modes[:len(ladder)]):
+                    pool_round(runs[mode], *trials.run(mode, objective_ms))
+                    if objective_ms is None and all(runs[m]["rounds"] for m in modes[:len(ladder)]):
                         objective_ms = default_objective_ms(runs, best.name, fastest.name)
-                        for m in modes[:len(ladder)]:  # the statics ran before it was known
-                            runs[m]["by_round"] = [share_within(runs[m]["samples"], objective_ms / 1e3)]
                         say(f"objective {objective_ms:g} ms (from the static runs of round 1)")
+        objective_s = objective_ms / 1e3
         for mode, run in runs.items():
             counts = run.pop("counts")
-            run["served_map"] = served_map(counts, maps)
+            run.update(pooled(run.pop("rounds"), objective_s), served_map=served_map(counts, maps))
             if mode == "per_request":
                 run["answered"] = counts
-        objective_s = objective_ms / 1e3
     kept = ("switches", "answered", "served_map", "by_round")
     figures = {name: {**run_figures(r["samples"], objective_s, trace), **{k: r[k] for k in kept if k in r}}
                for name, r in runs.items()}  # fmt: skip

@@ -51,20 +51,24 @@ def live_at(samples: Sequence[Sample], first: str, switches: Sequence[tuple]) ->
     return counts
 
 
-def pool_round(run: dict, samples: list[Sample], counts: dict[str, float], switches: list | None,
-          objective_ms: float | None) -> None:  # fmt: skip
-    """Add one round of a mode to its pooled ``run`` (samples, share within per round, answers, switches)."""
-    run["samples"] += samples
-    run["by_round"].append(share_within(samples, objective_ms / 1e3) if objective_ms else None)
-    run["counts"] = {n: run["counts"].get(n, 0) + counts.get(n, 0) for n in {*run["counts"], *counts}}
+def pool_round(run: dict, samples: list[Sample], counts: dict[str, float], switches: list | None) -> None:
+    """Add one round of a mode to its ``run`` (its samples as one more round, answers per variant, switches)."""
+    run["rounds"].append(samples)
+    for name, n in counts.items():
+        run["counts"][name] = run["counts"].get(name, 0) + n
     if switches is not None:
         run.setdefault("switches", []).extend(switches)
 
 
+def pooled(rounds: Sequence[Sequence[Sample]], objective_s: float) -> dict:
+    """``{"samples": every round's samples, "by_round": each round's share within}``."""
+    return {"samples": [s for r in rounds for s in r], "by_round": [share_within(r, objective_s) for r in rounds]}
+
+
 def default_objective_ms(runs: dict[str, dict], best: str, fastest: str) -> float:
-    """The default objective from the static runs (see the module docstring)."""
+    """The default objective from the static runs so far (see the module docstring)."""
     def latencies(name: str) -> list[float]:
-        return [s.latency_s for s in runs[f"static_{name}"]["samples"] if s.ok]
+        return [s.latency_s for r in runs[f"static_{name}"]["rounds"] for s in r if s.ok]
 
     p99_fast, p95_best = float(np.percentile(latencies(fastest), 99)), float(np.percentile(latencies(best), 95))
     return round(1e3 * max(1.2 * p99_fast, math.sqrt(p99_fast * p95_best)), 1)
@@ -122,7 +126,7 @@ def format_table(result: dict) -> str:
 
 
 def _rounds_text(run: dict) -> str:
-    rounds = [w for w in run.get("by_round") or [] if w is not None]
+    rounds = run.get("by_round") or []
     return f"; by round {' / '.join(f'{100 * w:.1f} %' for w in rounds)}" if len(rounds) > 1 else ""
 
 

@@ -205,7 +205,9 @@ class VariantChoice:
         """
         default = self.refresh()
         name = self._named(parameters, default)
-        return name if name != AUTO else self.fitting(depth, [self._slack(parameters, default)], default.headroom)
+        if name != AUTO:
+            return name
+        return self.fitting(depth, [(self._objective_of(parameters, default), waited_ms(parameters))], default.headroom)
 
     def pick_batch(self, requests: Sequence[dict]) -> list[str | ValueError]:
         """Every request's variant in one execute; the ``auto`` ones share one variant.
@@ -231,11 +233,12 @@ class VariantChoice:
                 chosen.append(self._named(parameters, default))
             except ValueError as err:
                 chosen.append(err)
-        self.arrivals.add([_stamp(p) for p in requests if waited_ms(p) is not None])  # skewed clocks left out
-        auto = [p for p, c in zip(requests, chosen, strict=True) if c == AUTO]
+        waits = [waited_ms(p) for p in requests]
+        rows = list(zip(requests, waits, chosen, strict=True))
+        self.arrivals.add([_stamp(p) for p, w, _ in rows if w is not None])  # a skewed clock's stamp left out
+        auto = [(self._objective_of(p, default), w) for p, w, c in rows if c == AUTO]
         if auto:
-            shared = self.fitting(len(requests), [self._slack(p, default) for p in auto], default.headroom,
-                                  self.arrivals.per_s())  # fmt: skip
+            shared = self.fitting(len(requests), auto, default.headroom, self.arrivals.per_s())
             chosen = [shared if c == AUTO else c for c in chosen]
         return chosen
 
@@ -246,9 +249,9 @@ class VariantChoice:
         return name
 
     @staticmethod
-    def _slack(parameters: dict, default: Default) -> tuple[float | None, float | None]:
-        """``(objective_ms, waited_ms)`` of one ``auto`` request."""
-        return _objective(parameters.get("objective_ms", default.objective_ms)), waited_ms(parameters)
+    def _objective_of(parameters: dict, default: Default) -> float | None:
+        """The objective (ms) of one ``auto`` request: its own, else the default's."""
+        return _objective(parameters.get("objective_ms", default.objective_ms))
 
     def predicted_ms(self, variant: str, depth: int, waited: float | None = None) -> float | None:
         """Predicted latency of a request served by ``variant`` in an execute of ``depth`` requests.

@@ -81,12 +81,11 @@ def test_search_serving_figures_hold_only_admitted_variants_and_need_a_second_on
 
 
 def test_rounds_of_a_mode_are_pooled_with_each_rounds_share_kept():
-    from serving.bench.variants_figures import pool_round
+    from serving.bench.variants_figures import pool_round, pooled
 
-    run = {"samples": [], "by_round": [], "counts": {}}
-    pool_round(run, [Sample(0.0, 0.01, True), Sample(1.0, 0.5, True)], {"a": 2}, None, 100.0)
-    pool_round(run, [Sample(0.0, 0.01, True)], {"a": 0, "b": 1}, [(1.0, "a", "b", 0.3)], 100.0)
-    assert len(run["samples"]) == 3 and run["by_round"] == [0.5, 1.0]
+    run = {"rounds": [], "counts": {}}
+    pool_round(run, [Sample(0.0, 0.01, True), Sample(1.0, 0.5, True)], {"a": 2}, None)
+    pool_round(run, [Sample(0.0, 0.01, True)], {"a": 0, "b": 1}, [(1.0, "a", "b", 0.3)])
+    figures = pooled(run["rounds"], 0.1)
+    assert len(figures["samples"]) == 3 and figures["by_round"] == [0.5, 1.0]
     assert run["counts"] == {"a": 2, "b": 1} and run["switches"] == [(1.0, "a", "b", 0.3)]
-    pool_round(run, [], {}, None, None)  # before the objective is known a round's share is not
-    assert run["by_round"][-1] is None
