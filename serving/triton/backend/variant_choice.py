@@ -13,7 +13,8 @@ with no model reload and no model-control call. Without the file (or a malformed
 default is ``fallback``: the variant of the trunk version Triton loaded.
 
 ``auto`` picks, per execute, the most accurate variant whose predicted latency fits
-``headroom x objective``, else the fastest one. All the ``auto`` requests of one execute share that
+``headroom x objective``, else the fastest one (by the table: the heads are the same for every
+variant, so the trunks' order is the served one). All the ``auto`` requests of one execute share that
 variant (:meth:`VariantChoice.pick_batch`), chosen so it fits each of them: the one that waited
 longest decides, and the batch runs whole rather than split into groups run one after another.
 The prediction for ``d`` requests in this execute (the dynamic batcher hands the backend every
@@ -291,7 +292,15 @@ class VariantChoice:
             keeps_up = rate_per_s is None or capacity is None or rate_per_s <= UTILISATION * capacity
             if worst[v.name] <= 0 and keeps_up:
                 return v.name
-        return min(self.held, key=lambda v: worst[v.name]).name
+        return self.fastest(depth)
+
+    def fastest(self, depth: int) -> str:
+        """The variant with the least table latency at ``depth``.
+
+        The heads are the same for every variant, so the trunks' measured order is the served order; the
+        learned factors, noisy, would only flip near-ties.
+        """
+        return min(self.held, key=lambda v: (v.execute_ms(depth), -v.accuracy)).name
 
     def observe(self, depths: dict[str, int], wall_ms: float) -> None:
         """Fold one execute in: ``depths`` (variant -> requests it ran) took ``wall_ms``."""

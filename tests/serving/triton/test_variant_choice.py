@@ -177,3 +177,13 @@ def test_each_variant_learns_its_own_factor_once_it_ran_alone(choice):
     assert choice.capacity_per_s("light") == pytest.approx(66.7, abs=0.2)
     choice.observe({"accurate": 4, "light": 4}, 200.0)  # a mixed execute moves only the shared factor
     assert choice.scale_of("light") == pytest.approx(4.0, rel=0.01)
+
+
+def test_when_nothing_fits_the_fastest_is_the_tables_even_where_the_learned_factors_tie_the_variants(choice):
+    # both trunks served at the same wall time (heads dominate): the factors make their predictions equal,
+    # or flip them with noise; the trunk that is faster on the table still is, heads being the same
+    choice.observe({"accurate": 1}, 30.0)
+    choice.observe({"light": 1}, 31.0)
+    assert choice.predicted_ms("light", 1) >= choice.predicted_ms("accurate", 1)
+    assert choice.fitting(1, [(100.0, 900.0)]) == "light"
+    assert choice.fastest(8) == "light"
