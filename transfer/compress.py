@@ -46,9 +46,9 @@ from transfer.compression.prune import (
 from transfer.compression.quantize import QuantSettings, convert_fp16, feature_parity, parity_problem, quantize_int8
 from transfer.data.coco import CocoTask, load_coco
 from transfer.evaluation.robustness import RobustnessSettings, is_current, measure_variant
-from transfer.export.device_keys import MEASURE_THREADS
+from transfer.export.latency import flushed_latency
 from transfer.export.onnx_graphs import session
-from transfer.export.publish import REFERENCE, device_name, evaluate_head, measure_latency, publish_trunk
+from transfer.export.publish import REFERENCE, device_name, evaluate_head, publish_trunk
 from transfer.train import data_root, resolve_config
 from transfer.training.devices import DevicePlan, plan_device
 from transfer.training.multitask_model import load_checkpoint
@@ -143,8 +143,7 @@ def _publish_onnx(
     parent_meta = read_json(ws.variant(parent) / "variant.json")
     with atomic_directory(ws.variant(name), replace=True) as tmp:
         atomic_write_bytes(tmp / "model.onnx", data)
-        sess = session(tmp / "model.onnx", threads=MEASURE_THREADS)
-        latency = {f"b{b}": measure_latency(sess, np.repeat(check[:1], b, 0), repeats) for b in (1, 8)}
+        latency = flushed_latency({name: tmp / "model.onnx"}, check[:1], repeats, rounds=1)[name]
         keep = ("input_size", "contract", "trunk_config", "params", "flops")
         meta = {"name": name, **{k: parent_meta[k] for k in keep if k in parent_meta},
                 "size_bytes": len(data), "sha256": sha256_file(tmp / "model.onnx"),

@@ -99,7 +99,7 @@ def test_interrupted_compress_leaves_no_partial_variant_and_resumes(workspace, m
         raise KeyboardInterrupt  # after model.onnx was written into the temporary directory
 
     with monkeypatch.context() as m:
-        m.setattr(compress, "measure_latency", killed)
+        m.setattr(compress, "flushed_latency", killed)
         with pytest.raises(KeyboardInterrupt):
             run_compress(ws.root, progress=False, settings=SETTINGS)
     assert not ws.variant("fp16").exists()

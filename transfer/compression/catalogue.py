@@ -178,11 +178,12 @@ def side_by_side_latency(paths: Mapping[str, Path], check: np.ndarray, repeats: 
     """Median b1/b8 latency (ms) of several ONNX trunks measured interleaved in one process (CPU, onnxruntime).
 
     Each of ``rounds`` rounds runs every model at batch 1 and 8 (``repeats // rounds`` timed runs
-    each), so drift on a noisy machine hits all models alike. ``check``: ``(N, 3, S, S)`` uint8.
+    each), so drift on a noisy machine hits all models alike; denormals flushed, as served.
+    ``check``: ``(N, 3, S, S)`` uint8.
     """
-    from transfer.export.latency import interleaved_latency, onnx_runner
+    from transfer.export.latency import flushed_latency
 
-    return interleaved_latency({name: onnx_runner(path) for name, path in paths.items()}, check, repeats, rounds)
+    return flushed_latency(paths, check, repeats, rounds)
 
 
 def teacher_footprint(teacher_cfg, input_size: int, check: np.ndarray, repeats: int = 30,

@@ -33,7 +33,14 @@ from shared.errors import ArtifactError
 from shared.workspace import Workspace
 from transfer.compression.catalogue import build_catalogue, device_pareto
 from transfer.export.device_keys import MEASURE_THREADS, cpu_key, cuda_key
-from transfer.export.latency import Runner, interleaved_latency, onnx_cuda_available, onnx_runner, torch_runner
+from transfer.export.latency import (
+    Runner,
+    flushed_latency,
+    interleaved_latency,
+    onnx_cuda_available,
+    onnx_runner,
+    torch_runner,
+)
 from transfer.export.publish import ONNX_CPU, REFERENCE
 
 CATALOGUE = "catalogue.json"
@@ -110,11 +117,17 @@ def measure_variants(
     log = log or (lambda _msg: None)
     key = device_key_of(device)
     metas = {n: read_json(ws.require(ws.variant(n) / "variant.json", "run `polyhead compress`")) for n in names}
-    built = {n: variant_runner(ws, n, m, device) for n, m in metas.items()}
-    runtime = {n: r for n, (_, r) in built.items()}
-    log(f"timing {len(names)} variants on {key} ({', '.join(sorted(set(runtime.values())))}), "
-        f"{repeats} runs per batch size, interleaved")
-    latency = interleaved_latency({n: run for n, (run, _) in built.items()}, check, repeats, log=log)
+    if device.type == "cpu":  # denormals flushed, as the Triton backend serves
+        runtime = dict.fromkeys(metas, ONNX_CPU)
+        log(f"timing {len(names)} variants on {key} ({ONNX_CPU}, denormals flushed), {repeats} runs per batch "
+            "size, interleaved")
+        latency = flushed_latency({n: ws.variant(n) / "model.onnx" for n in metas}, check, repeats, log=log)
+    else:
+        built = {n: variant_runner(ws, n, m, device) for n, m in metas.items()}
+        runtime = {n: r for n, (_, r) in built.items()}
+        log(f"timing {len(names)} variants on {key} ({', '.join(sorted(set(runtime.values())))}), "
+            f"{repeats} runs per batch size, interleaved")
+        latency = interleaved_latency({n: run for n, (run, _) in built.items()}, check, repeats, log=log)
     for name, meta in metas.items():
         meta.setdefault("latency_ms", {})[key] = latency[name]
         meta["latency_runtime"] = {**(meta.get("latency_runtime") or {}), key: runtime[name]}

@@ -2,20 +2,19 @@
 
 Weights do not change a trunk's latency, so a sample is a sub-network extracted from the supernet
 (:func:`transfer.elastic.supernet.extract_subnet`), exported to ONNX and timed like every catalogue
-variant (:func:`transfer.export.latency.interleaved_latency`: onnxruntime on the CPU; on CUDA the
-CUDA provider when installed, else the torch trunk). The predictor is least squares (small ridge)
-on :func:`subnet_features` (multiply-accumulates, expanded activations, blocks run: few enough to
-fit on a couple of dozen samples);
-its error is the mean absolute percentage error (MAPE) on a held-out quarter of the samples, then
-it is refitted on all of them. The table lives in ``WORK/elastic/latency-<device key>.json`` and
-is extended sample by sample (an interrupted run resumes).
+variant (:func:`transfer.export.latency.flushed_latency`: onnxruntime on the CPU, denormals flushed
+as the Triton backend serves; on CUDA the CUDA provider when installed, else the torch trunk). The
+predictor is least squares (small ridge) on :func:`subnet_features` (multiply-accumulates,
+expanded activations, blocks run: few enough to fit on a couple of dozen samples); its error is
+the mean absolute percentage error (MAPE) on a held-out quarter of the samples, then it is refitted
+on all of them. The table lives in ``WORK/elastic/latency-<device key>.json`` and is extended
+sample by sample (an interrupted run resumes; samples timed before denormals were flushed are not).
 """
 
 from __future__ import annotations
 
 import random
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from shared.artifacts import atomic_write_json, read_json
 from transfer.elastic.space import ElasticSpace, SubnetArch
 from transfer.elastic.supernet import ElasticTrunk
-from transfer.export.latency import interleaved_latency, onnx_cuda_available, onnx_runner, torch_runner
+from transfer.export.latency import flushed_latency, interleaved_latency, onnx_cuda_available, onnx_runner, torch_runner
 from transfer.export.onnx_graphs import export_trunk
 
 #: Names of :func:`subnet_features`' entries.
@@ -84,12 +83,15 @@ class LatencyPredictor:
         return {b: float(f @ w) for b, w in self.coef.items()}
 
 
-def _runner(trunk, path: Path, device) -> tuple[Callable, str]:
+def _timed(trunk, path: Path, device, check: np.ndarray, repeats: int) -> tuple[dict[str, float], str]:
+    """One sample's ``{"b1", "b8"}`` ms and its runtime."""
     if device.type == "cpu":
-        return onnx_runner(path, "cpu"), "onnxruntime-cpu"
+        return flushed_latency({"subnet": path}, check, repeats, rounds=1)["subnet"], "onnxruntime-cpu"
     if onnx_cuda_available():
-        return onnx_runner(path, str(device)), "onnxruntime-cuda"
-    return torch_runner(trunk, device), "torch-cuda-fp32"
+        run, runtime = onnx_runner(path, str(device)), "onnxruntime-cuda"
+    else:
+        run, runtime = torch_runner(trunk, device), "torch-cuda-fp32"
+    return interleaved_latency({"subnet": run}, check, repeats, rounds=1)["subnet"], runtime
 
 
 def build_latency_table(
@@ -118,17 +120,19 @@ def build_latency_table(
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(0, samples - 2))]
     archs = list({a.key(): a for a in archs}.values())
     old = read_json(path) if path.exists() else {}
-    fresh = old.get("device") == key and old.get("input_size") == input_size
+    flushed = device.type == "cpu"  # samples timed before denormals were flushed are not reused
+    fresh = (old.get("device") == key and old.get("input_size") == input_size
+             and old.get("denormals_flushed", False) == flushed)
     done = {s["key"]: s for s in old.get("samples", [])} if fresh else {}
-    table = {"device": key, "input_size": input_size, "features": list(FEATURES), "samples": list(done.values())}
+    table = {"device": key, "input_size": input_size, "denormals_flushed": flushed, "features": list(FEATURES),
+             "samples": list(done.values())}
     check = np.random.default_rng(0).integers(0, 256, (1, 3, input_size, input_size), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         for arch in tqdm([a for a in archs if a.key() not in done], desc="latency", disable=not progress, leave=False):
             trunk = supernet.extract(arch)
             onnx = Path(tmp) / "subnet.onnx"
             export_trunk(trunk, onnx, input_size)
-            run, runtime = _runner(trunk, onnx, device)
-            lat = interleaved_latency({"subnet": run}, check, repeats, rounds=1)["subnet"]
+            lat, runtime = _timed(trunk, onnx, device, check, repeats)
             table["samples"].append({"key": arch.key(), "arch": arch.to_dict(), **lat, "runtime": runtime})
             atomic_write_json(path, table)
     x = np.stack([subnet_features(space, SubnetArch.from_dict(s["arch"]), input_size) for s in table["samples"]])

@@ -10,7 +10,8 @@
   filled by the serving side's benchmark.
 
 The rows' batch-1/8 latencies are re-timed side by side in one process first (the elastic variants,
-the reference and the pruned ones: onnxruntime on this CPU, ``rounds`` interleaved rounds), like
+the reference and the pruned ones: onnxruntime on this CPU, denormals flushed as served, ``rounds``
+interleaved rounds), like
 `polyhead bench compress` does: on a shared machine the catalogue's figures, taken minutes apart,
 can differ by more than the gaps being compared. The rule itself is a pure function over
 catalogue rows (:func:`search_benchmark`), tested on constructed numbers.
@@ -28,7 +29,7 @@ from shared.workspace import Workspace
 from transfer.compression.catalogue import load_catalogue
 from transfer.elastic.catalogue_variants import PREFIX
 from transfer.elastic.search import pareto_front
-from transfer.export.latency import interleaved_latency, onnx_runner
+from transfer.export.latency import flushed_latency
 from transfer.export.publish import REFERENCE, device_name
 
 TARGETS = {"operating_points": 5, "front_gain_points": 0.5, "front_speedup": 1.2}
@@ -103,11 +104,12 @@ def run_search_bench(workdir: str | Path, repeats: int = 60, rounds: int = 6, re
                  or (n.startswith("pruned-") and rows[n]["precision"] == "fp32")]
         size = int(read_json(ws.variant(REFERENCE) / "variant.json")["input_size"])
         check = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)  # (1, 3, S, S)
-        runners = {n: onnx_runner(ws.variant(n) / "model.onnx", "cpu") for n in names}
-        for name, lat in interleaved_latency(runners, check, repeats, rounds).items():
+        paths = {n: ws.variant(n) / "model.onnx" for n in names}
+        for name, lat in flushed_latency(paths, check, repeats, rounds).items():
             rows[name] |= {"latency_b1_ms": lat["b1"], "latency_b8_ms": lat["b8"]}
         catalogue["device"] = device_name()
     result = search_benchmark(catalogue)
-    result["latency_source"] = (f"re-timed side by side: onnxruntime CPU, {rounds} interleaved rounds, {repeats} runs "
-                                "per variant and batch size" if retime else "the catalogue's figures")
+    result["latency_source"] = (f"re-timed side by side: onnxruntime CPU (denormals flushed), {rounds} interleaved "
+                                f"rounds, {repeats} runs per variant and batch size" if retime
+                                else "the catalogue's figures")
     return result

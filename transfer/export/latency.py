@@ -1,11 +1,11 @@
 """Timing a trunk: one run of a batch (a *runner*) on onnxruntime or torch, and interleaved medians.
 
-* :func:`measure_latency`: median of one onnxruntime session at one batch (what ``publish`` records).
 * :func:`onnx_runner`: an ONNX trunk on the CPU (onnxruntime, :data:`MEASURE_THREADS` threads) or
   on CUDA when onnxruntime has the CUDA provider; :func:`torch_runner`: a torch trunk on any
   device, its layers in a given dtype (CUDA is synchronised, so a run is timed to its end).
 * :func:`interleaved_latency`: several runners timed round-robin in one process, so drift on a
-  noisy machine hits every model alike.
+  noisy machine hits every model alike; :func:`flushed_latency`: that for ONNX files on the CPU
+  with denormals flushed, as the Triton backend serves them (on a thread of its own).
 
 Every runner takes ``(B, 3, S, S)`` uint8 numpy images (host memory, as Triton receives them).
 """
@@ -27,17 +27,6 @@ Runner = Callable[[np.ndarray], object]
 BATCHES = (1, 8)
 
 
-def measure_latency(sess, images: np.ndarray, repeats: int = 20) -> float:
-    """Median wall time in ms of ``sess.run`` on ``images`` (after one warm-up run)."""
-    sess.run(None, {"images": images})
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, {"images": images})
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
-
-
 def onnx_cuda_available() -> bool:
     """Whether the installed onnxruntime has the CUDA execution provider (``onnxruntime-gpu``)."""
     import onnxruntime as ort
@@ -45,12 +34,17 @@ def onnx_cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def onnx_runner(path: str | Path, device: str = "cpu", threads: int = MEASURE_THREADS) -> Runner:
-    """An ONNX trunk in onnxruntime: on the CPU with ``threads`` threads, or on ``cuda[:N]``."""
+def onnx_runner(path: str | Path, device: str = "cpu", threads: int = MEASURE_THREADS,
+                flush_denormals: bool = False) -> Runner:
+    """An ONNX trunk in onnxruntime: on the CPU with ``threads`` threads, or on ``cuda[:N]``.
+
+    ``flush_denormals`` (CPU): see :func:`shared.onnx_session.cpu_session` (only on
+    :func:`transfer.export.denormals.on_flushing_thread`).
+    """
     from transfer.export.onnx_graphs import session
 
     if device == "cpu":
-        sess = session(path, threads=threads)
+        sess = session(path, threads=threads, flush_denormals=flush_denormals)
     else:
         import onnxruntime as ort
 
@@ -119,3 +113,27 @@ def interleaved_latency(
             log(f"round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} b1 {np.median(t[1]):.2f} ms" for n, t in times.items()))
     return {n: {f"b{b}": float(np.median(v)) for b, v in t.items()} for n, t in times.items()}
+
+
+def flushed_latency(
+    paths: Mapping[str, str | Path], check: np.ndarray, repeats: int = 30, rounds: int = 3,
+    log: Callable[[str], None] | None = None, threads: int = MEASURE_THREADS,
+) -> dict[str, dict[str, float]]:
+    """:func:`interleaved_latency` of ONNX files on the CPU, denormals flushed as the Triton backend serves.
+
+    Sessions are made and run on a thread of their own
+    (:func:`transfer.export.denormals.on_flushing_thread`), so the flags stay off the caller's thread.
+
+    Args:
+        paths: Name -> ONNX file.
+        check: ``(N, 3, S, S)`` uint8 images.
+        repeats, rounds, log: As :func:`interleaved_latency`.
+        threads: Intra-op threads per session.
+    """
+    from transfer.export.denormals import on_flushing_thread
+
+    def timed() -> dict[str, dict[str, float]]:
+        runners = {n: onnx_runner(p, "cpu", threads, flush_denormals=True) for n, p in paths.items()}
+        return interleaved_latency(runners, check, repeats, rounds, log)
+
+    return on_flushing_thread(timed)

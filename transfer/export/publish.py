@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from heads.head import DetectionHead
@@ -30,7 +29,7 @@ from transfer.data.coco import CocoTask
 from transfer.evaluation.coco_map import coco_map
 from transfer.evaluation.predict import detect_split, iterate_split, onnx_detector
 from transfer.export.device_keys import MEASURE_THREADS, cpu_key
-from transfer.export.latency import measure_latency
+from transfer.export.latency import flushed_latency
 from transfer.export.onnx_graphs import export_head, export_trunk, session
 from transfer.training.multitask_model import TaskInfo
 
@@ -57,8 +56,7 @@ def publish_trunk(
     """Export ``trunk`` as variant ``name``: ``trunk/<name>/model.onnx`` + ``variant.json`` (atomic)."""
     with atomic_directory(ws.variant(name), replace=True) as tmp:
         diff = export_trunk(trunk, tmp / "model.onnx", input_size, check_images)
-        sess = session(tmp / "model.onnx", threads=MEASURE_THREADS)
-        latency = {f"b{b}": measure_latency(sess, np.repeat(check_images[:1].numpy(), b, 0)) for b in (1, 8)}
+        latency = flushed_latency({name: tmp / "model.onnx"}, check_images[:1].numpy(), 20, rounds=1)[name]
         record = VariantRecord(
             name=name,
             input_size=input_size,
