@@ -20,7 +20,8 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -35,9 +36,10 @@ from shared.artifact_records import (
     read_variant_record,
     record_map_result,
 )
-from shared.artifacts import atomic_write_bytes
+from shared.artifacts import atomic_write_bytes, read_json
 from shared.errors import ArtifactError, ConfigError, DataError
 from shared.workspace import Workspace
+from transfer.compression.catalogue import DEFAULT_TOLERANCE_POINTS, head_drops_over_tolerance
 from transfer.config import PolyheadConfig, load_config
 from transfer.data.coco import CocoTask, load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head
@@ -90,6 +92,10 @@ class AddTaskReport:
         losses: Mean training loss per epoch.
         seconds: Wall time per phase (``validate, cache, train, export, evaluate, hot_add, total``).
         hot_added: Whether the task was loaded into a running server.
+        tolerance_points: The catalogue's admission tolerance the new head was checked against.
+        over_tolerance: Variant -> mAP points the new head loses there against the reference, for
+            the variants that lose more than ``tolerance_points`` (worst first; a
+            :class:`HeadAccuracyWarning` names them).
     """
 
     task: str
@@ -104,6 +110,12 @@ class AddTaskReport:
     losses: list[float]
     seconds: dict[str, float]
     hot_added: bool
+    tolerance_points: float = DEFAULT_TOLERANCE_POINTS
+    over_tolerance: dict[str, float] = field(default_factory=dict)
+
+
+class HeadAccuracyWarning(UserWarning):
+    """A new head loses more than the catalogue's tolerance on admitted trunk variants; the line names them."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,7 @@ def add_task(
     plan = plan_device(device)  # a clear error (no CUDA) before anything is read
     inputs = _validate(workdir, name, train_json, val_json, images, strict)
     remove_stale_staging(inputs.ws)
+    admission = _admission_rule(inputs.ws)
     if live is not None:
         live.check(inputs.ws.repository, name)
     ws, size = inputs.ws, inputs.reference.input_size
@@ -266,10 +279,42 @@ def add_task(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     seconds["total"] = time.perf_counter() - t0
+    over = _check_variant_accuracy(name, maps, *admission)
     return AddTaskReport(
         name, ws.head(name), info.classes, maps, len(inputs.train.images), num_views, cfg.epochs,
-        sum(p.numel() for p in head.parameters()), cache_mb, losses, seconds, live is not None,
+        sum(p.numel() for p in head.parameters()), cache_mb, losses, seconds, live is not None, admission[0], over,
     )
+
+
+def _admission_rule(ws: Workspace) -> tuple[float, list[str] | None]:
+    """``(tolerance in points, admission tasks)`` of ``trunk/catalogue.json``; compress's default when there is none."""
+    path = ws.trunk_dir / "catalogue.json"
+    catalogue = read_json(path, "variant catalogue", fix="rebuild it with `polyhead compress` or `polyhead measure`",
+                          expect=dict) if path.is_file() else {}  # fmt: skip
+    tolerance = catalogue.get("tolerance_points")
+    return (DEFAULT_TOLERANCE_POINTS if tolerance is None else float(tolerance)), catalogue.get("tasks")
+
+
+def _check_variant_accuracy(name: str, maps: dict[str, dict[str, float]], tolerance: float,
+                            tasks: list[str] | None) -> dict[str, float]:  # fmt: skip
+    """Variant -> points the new head loses there; warns once, naming every variant beyond ``tolerance``.
+
+    Variants are admitted on the tasks their catalogue was built with, so a head added later is not
+    part of that check: a sub-network of the supernet, distilled to match the features the trained
+    heads read, can lose more on it than on them (docs/benchmarks.md, elastic trunk, eighth run).
+    """
+    over = head_drops_over_tolerance({v: m["map"] for v, m in maps.items()}, REFERENCE, tolerance)
+    if over:
+        worst = ", ".join(f"{v} -{d:.1f}" for v, d in over.items())
+        warnings.warn(
+            f"head {name!r} loses more than the catalogue's tolerance of {tolerance:g} mAP points on {len(over)} of "
+            f"{len(maps) - 1} trunk variants ({worst}; {maps[REFERENCE]['map']:.3f} on the {REFERENCE}). They stay "
+            f"admitted{f' (admission counts the tasks {tasks})' if tasks else ''}, so {name!r} answered by them "
+            "loses that much. To avoid it, pin the served default to a variant within tolerance (`polyhead variant "
+            f"set`), or add {name!r} to polyhead.yaml's tasks and rerun `polyhead train` and `polyhead search` or "
+            "`polyhead compress`, which then train and admit the variants with this head too",
+            HeadAccuracyWarning, stacklevel=3)
+    return over
 
 
 def _host_tag() -> str:

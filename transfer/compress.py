@@ -29,7 +29,7 @@ from shared.artifacts import atomic_directory, atomic_write_bytes, atomic_write_
 from shared.errors import ArtifactError, ConfigError
 from shared.trunk import Trunk, TrunkConfig
 from shared.workspace import Workspace
-from transfer.compression.catalogue import build_catalogue
+from transfer.compression.catalogue import DEFAULT_TOLERANCE_POINTS, build_catalogue
 from transfer.compression.measure import measure_variants
 from transfer.compression.prune import (
     PruneSettings,
@@ -223,7 +223,7 @@ def _build_quantized(ws, jobs: list[tuple[str, str, str]], calib: np.ndarray, ch
 
 
 def run_compress(
-    workdir: str | Path, tolerance: float = 1.0, progress: bool = True,
+    workdir: str | Path, tolerance: float = DEFAULT_TOLERANCE_POINTS, progress: bool = True,
     settings: CompressSettings | None = None, log: Log | None = None, device: str = "auto",
     robustness_tolerance: float | None = None,
 ) -> CompressReport:

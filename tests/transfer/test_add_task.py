@@ -88,6 +88,28 @@ def test_add_task_publishes_head_with_map_for_every_admitted_variant(env):
     assert head.run(["num_dets"], feats)[0].shape == (1, 1)
 
 
+def test_a_head_that_loses_more_than_the_catalogue_tolerance_on_a_variant_is_named_in_one_warning(env, monkeypatch):
+    work, train, val, images = env
+    (work / "trunk" / "catalogue.json").write_text(json.dumps({"tolerance_points": 2.0, "tasks": ["signs"]}))
+    scores = {"reference": 0.50, "narrow": 0.40}
+    monkeypatch.setattr(add_task_mod, "evaluate_head", lambda ws, task, v, val, size: {"map": scores[v], "map50": 0.9})
+    with pytest.warns(add_task_mod.HeadAccuracyWarning) as seen:
+        report = add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST)
+    assert len(seen) == 1 and "narrow -10.0" in str(seen[0].message) and "1 of 1 trunk variants" in str(seen[0].message)
+    assert "tolerance of 2 mAP points" in str(seen[0].message) and "['signs']" in str(seen[0].message)
+    assert report.tolerance_points == 2.0 and report.over_tolerance == {"narrow": pytest.approx(10.0)}
+    assert (work / "heads" / "shapes" / "model.onnx").is_file()  # a warning, not a refusal
+
+
+def test_a_corrupt_catalogue_is_refused_before_any_work(env):
+    work, train, val, images = env
+    (work / "trunk" / "catalogue.json").write_text("{not json")
+    before = snapshot(work)
+    with pytest.raises(ArtifactError, match="catalogue.json.*polyhead compress"):
+        add_task(work, "shapes", train, val, images, progress=False, train_cfg=FAST)
+    assert snapshot(work) == before
+
+
 def test_trunk_is_bit_identical_before_and_after(env, monkeypatch):
     work, train, val, images = env
     seen = {}

@@ -22,6 +22,7 @@ from shared.artifacts import read_json
 from shared.errors import ArtifactError
 
 EPS = 1e-9
+DEFAULT_TOLERANCE_POINTS = 1.0  # `polyhead compress --tolerance`'s default
 
 
 def map_drop_points(maps: Mapping[str, float], reference: Mapping[str, float], tasks: Sequence[str]) -> float | None:
@@ -38,6 +39,23 @@ def admit(drop: float | None, tolerance: float) -> tuple[bool, str]:
     if drop > tolerance + EPS:
         return False, f"loses {drop:.2f} mAP points on its worst task (tolerance {tolerance:g})"
     return True, ""
+
+
+def head_drops_over_tolerance(maps: Mapping[str, float], reference: str, tolerance: float) -> dict[str, float]:
+    """One head's mAP loss in points on each variant that loses more than ``tolerance`` against ``reference``.
+
+    Args:
+        maps: Variant -> the head's mAP@[.5:.95] on it (``reference`` among them).
+        reference: The variant the losses are measured against.
+        tolerance: The catalogue's admission tolerance in points.
+
+    Returns:
+        Variant -> points lost, worst first; empty when ``reference`` is not in ``maps``.
+    """
+    if reference not in maps:
+        return {}
+    drops = {v: 100.0 * (maps[reference] - m) for v, m in maps.items() if v != reference}
+    return dict(sorted(((v, d) for v, d in drops.items() if d > tolerance + EPS), key=lambda vd: (-vd[1], vd[0])))
 
 
 def rpc_drop_points(rpc: float | None, reference_rpc: float | None) -> float | None:

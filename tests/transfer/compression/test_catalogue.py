@@ -7,6 +7,7 @@ from transfer.compression.catalogue import (
     best_admitted,
     build_catalogue,
     compress_benchmark,
+    head_drops_over_tolerance,
     map_drop_points,
     pareto_set,
 )
@@ -48,6 +49,14 @@ def test_admission_rejects_a_variant_whose_drop_exceeds_the_tolerance():
     assert not rows["half"]["admitted"]  # a head was not evaluated on it
     assert rows["pruned-r1"]["admitted"] and rows["int8"]["admitted"] and rows["reference"]["admitted"]
     assert build_catalogue(_metas(), "reference", 3.0, "dev", TASKS)["variants"]["pruned-r2"]["admitted"]
+
+
+def test_a_head_added_later_names_the_variants_it_loses_more_than_the_tolerance_on():
+    maps = {"reference": 0.50, "a": 0.49, "b": 0.47, "c": 0.42, "d": 0.51}
+    assert head_drops_over_tolerance(maps, "reference", 2.0) == {"c": pytest.approx(8.0), "b": pytest.approx(3.0)}
+    assert list(head_drops_over_tolerance(maps, "reference", 2.0)) == ["c", "b"]  # worst first
+    assert head_drops_over_tolerance(maps, "reference", 8.0) == {}  # at the tolerance is within it
+    assert head_drops_over_tolerance({"a": 0.1}, "reference", 1.0) == {}  # nothing to compare with
 
 
 def test_pareto_set_on_constructed_numbers():
