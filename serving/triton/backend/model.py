@@ -40,6 +40,8 @@ missing). An unknown provider name or a malformed list fails the load.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -68,6 +70,14 @@ def session_options(params: dict) -> ort.SessionOptions:
             _SHARED_ARENA.append(True)
         options.add_session_config_entry("session.use_env_allocators", "1")
     return options
+
+
+def return_freed_heap() -> None:
+    """Hand the heap that loading freed (ONNX parse buffers, rewritten weights) back: glibc ``malloc_trim``."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        pass
 
 
 class TritonPythonModel:
@@ -115,6 +125,7 @@ class TritonPythonModel:
                 f"{self.name}: config names {sorted(missing)} that the ONNX files in {version_dir} do not "
                 f"provide (outputs {sorted(served)}); rebuild the repository"
             )
+        return_freed_heap()  # glibc keeps it mapped otherwise: ~12 MiB per stub (docs/benchmarks.md)
 
     def execute(self, requests: list) -> list:
         """Run every request; requests with the same per-item input shapes share one session run.

@@ -108,6 +108,7 @@ class TritonPythonModel(leaf.TritonPythonModel):
                                            model_dir.parent / choice.LIVE_VARIANT_FILE,
                                            max_batch=int(config.get("max_batch_size") or 8))
         self.answered_family, self.answered = _answered_counters(args["model_name"], list(self.variant_parts))
+        leaf.return_freed_heap()  # the other variants' parse buffers
 
     def execute(self, requests: list) -> list:
         """Resolve every request's variant, then run each variant's requests with ``model.py``'s ``execute``.
