@@ -259,7 +259,8 @@ def add_task(
             check_feats = [trunk(probe)]
         publish_head(staged, name, head, info, size, post_config(inputs.cfg), check_feats, {
             "reference_trunk": REFERENCE, "trained_by": "add-task", "frozen_trunk": True,
-            "train_json": str(Path(train_json).resolve()), "epochs": cfg.epochs, "views": views,
+            "train_json": str(Path(train_json).resolve()), "val_json": str(Path(val_json).resolve()),
+            "images": str(Path(images).resolve()), "epochs": cfg.epochs, "views": views,
             "command": f"polyhead add-task --name {name} --train-json {train_json} --val-json {val_json} "
                        f"--images {images} --epochs {cfg.epochs}",
         })

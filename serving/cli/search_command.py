@@ -79,7 +79,8 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--latency-samples", type=int, default=24,
                    help="sub-networks timed for the latency predictor (default %(default)s)")
     s.add_argument("--train-images", type=int, default=400,
-                   help="training images for the supernet (default %(default)s)")
+                   help="training images for the supernet, no labels needed: every head's (heads added by "
+                        "add-task too), shared out by head, then unlabelled ones (default %(default)s)")
     s.add_argument("--calibration-images", type=int, default=400,
                    help="images for each sub-network's BatchNorm recalibration (default %(default)s)")
     s.add_argument("--keep", type=int, default=8, help="front points published as variants (default %(default)s)")

@@ -74,6 +74,8 @@ def test_add_task_publishes_head_with_map_for_every_admitted_variant(env):
     assert all(0.0 <= m["map"] <= 1.0 and "map50" in m for m in meta["map"].values())
     assert meta["sha256"] == sha256_file(ws.head("shapes") / "model.onnx")
     assert meta["classes"] == list(CLASSES["shapes"]) and meta["input_size"] == SIZE
+    # where compress and search find the task's images again
+    assert (meta["train_json"], meta["val_json"], meta["images"]) == (str(train), str(val), str(images))
     assert report.classes == CLASSES["shapes"] and report.num_views == DEFAULT_VIEWS * report.num_images
     for variant in ("reference", "narrow"):
         assert json.loads((ws.variant(variant) / "variant.json").read_text())["map"]["shapes"] == report.maps[variant]

@@ -4,7 +4,8 @@ Steps (each resumable; state under ``WORK/elastic/``, never under ``WORK/trunk/`
 directory is a variant):
 
 1. the supernet: the workspace's trained trunk, hidden channels sorted by importance, sandwich-
-   trained with in-place distillation (:mod:`transfer.elastic.sandwich`) ->
+   trained with in-place distillation (:mod:`transfer.elastic.sandwich`) on every head's training
+   images (:mod:`transfer.elastic.train_images`) ->
    ``checkpoints/supernet.pt`` (kept while it records the same reference and settings);
 2. the device's latency table and predictor (``elastic/latency-<device key>.json``);
 3. the search (``elastic/search-<device key>.json``), every candidate recalibrated and evaluated
@@ -15,6 +16,7 @@ directory is a variant):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from transfer.elastic.search import SearchSettings, choose, run_search, settings
 from transfer.elastic.space import ElasticSpace, SubnetArch
 from transfer.elastic.subnet_eval import SubnetEvaluator
 from transfer.elastic.supernet import ElasticTrunk, sort_channels
+from transfer.elastic.train_images import supernet_train_images
 from transfer.export.onnx_graphs import session
 from transfer.export.publish import REFERENCE
 from transfer.train import data_root, resolve_config
@@ -52,7 +55,8 @@ class ElasticSettings:
         search: Population, generations, seed.
         width_choices: Hidden-width fractions per block.
         max_drop: Most trailing blocks dropped in a stage of more than 3 blocks (1 in shorter ones).
-        train_images: Training images for the supernet (task train images, then unlabelled ones).
+        train_images: Training images for the supernet (every head's, shared out by head, then unlabelled
+            ones: :mod:`transfer.elastic.train_images`).
         calibration_images: Images for BatchNorm recalibration of every sub-network.
         max_images: Validation images per task in the search's mAP.
         latency_samples: Sub-networks timed for the latency predictor.
@@ -96,23 +100,19 @@ class SearchReport:
     seconds: float
 
 
-def _train_images(cfg, root: Path) -> list[Path]:
-    from transfer.training.loop import load_tasks
-
-    files = set()
-    for task in load_tasks(cfg, root, "train").values():
-        files |= {task.images_dir / im.file_name for im in task.images.values()}
-    unlabeled = root / cfg.data.images / "unlabeled"
-    return sorted(files) + (sorted(unlabeled.rglob("*.jpg")) if unlabeled.is_dir() else [])
+def _relative(path: Path, root: Path) -> str:
+    """``path`` under ``root`` as a portable string (the record of which images the supernet saw)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
-def _supernet(ws: Workspace, cfg, images: torch.Tensor, settings: ElasticSettings, progress: bool,
+def _supernet(ws: Workspace, cfg, images: torch.Tensor, drawn: str, settings: ElasticSettings, progress: bool,
               log: Log) -> tuple[ElasticTrunk, str]:
     """Load the current supernet checkpoint or train one; returns it and its file's sha256."""
     ckpt_path = ws.require(ws.checkpoints / f"{cfg.trunk}.pt", "run `polyhead train` first")
     ref_sha = read_json(ws.variant(REFERENCE) / "variant.json")["sha256"]
     record = {"reference_sha256": ref_sha, "sandwich": settings.sandwich.to_dict(),
-              "width_choices": list(settings.width_choices), "max_drop": settings.max_drop, "images": len(images)}
+              "width_choices": list(settings.width_choices), "max_drop": settings.max_drop, "images": len(images),
+              "images_sha256": drawn}
     path = ws.checkpoints / "supernet.pt"
     if path.exists():
         supernet, state = load_supernet(path)
@@ -157,8 +157,11 @@ def run_elastic_search(workdir: str | Path, device: str = "auto", budgets_ms: Se
     vals, _ = _val_sets(ws, cfg, data_root(ws, cfg))
     if not vals:
         raise ArtifactError(f"no head in {ws.heads_dir} has validation data; run `polyhead train`")
-    images = load_images(_train_images(cfg, data_root(ws, cfg))[: settings.train_images], size)
-    supernet, supernet_sha = _supernet(ws, cfg, images, settings, progress, log)
+    root = data_root(ws, cfg)
+    files = supernet_train_images(ws, cfg, root, settings.train_images)
+    images = load_images(files, size)
+    drawn = hashlib.sha256("\n".join(_relative(f, root) for f in files).encode()).hexdigest()
+    supernet, supernet_sha = _supernet(ws, cfg, images, drawn, settings, progress, log)
     space = supernet.space
     extra = [space.parse(a) for a in settings.archs]  # unknown architectures fail before the slow part
     key = device_key_of(torch_device)
