@@ -301,8 +301,8 @@ def _check_variant_accuracy(name: str, maps: dict[str, dict[str, float]], tolera
     """Variant -> points the new head loses there; warns once, naming every variant beyond ``tolerance``.
 
     Variants are admitted on the tasks their catalogue was built with, so a head added later is not
-    part of that check: a sub-network of the supernet, distilled to match the features the trained
-    heads read, can lose more on it than on them (docs/benchmarks.md, elastic trunk, eighth run).
+    part of that check: a sub-network of a supernet distilled on other images can lose more on it
+    than on them (docs/benchmarks.md, elastic trunk, eighth run).
     """
     over = head_drops_over_tolerance({v: m["map"] for v, m in maps.items()}, REFERENCE, tolerance)
     if over:
@@ -311,9 +311,9 @@ def _check_variant_accuracy(name: str, maps: dict[str, dict[str, float]], tolera
             f"head {name!r} loses more than the catalogue's tolerance of {tolerance:g} mAP points on {len(over)} of "
             f"{len(maps) - 1} trunk variants ({worst}; {maps[REFERENCE]['map']:.3f} on the {REFERENCE}). They stay "
             f"admitted{f' (admission counts the tasks {tasks})' if tasks else ''}, so {name!r} answered by them "
-            "loses that much. To avoid it, pin the served default to a variant within tolerance (`polyhead variant "
-            f"set`), or add {name!r} to polyhead.yaml's tasks and rerun `polyhead train` and `polyhead search` or "
-            "`polyhead compress`, which then train and admit the variants with this head too",
+            "loses that much. To fix it, rerun `polyhead search`: it distils its sub-networks on this head's "
+            "training images too (a new supernet training); meanwhile `polyhead variant set` pins the served "
+            "default to a variant within tolerance",
             HeadAccuracyWarning, stacklevel=3)
     return over
 
