@@ -36,10 +36,11 @@ from shared.artifact_records import (
     read_variant_record,
     record_map_result,
 )
-from shared.artifacts import atomic_write_bytes, read_json
+from shared.artifacts import atomic_write_bytes
 from shared.errors import ArtifactError, ConfigError, DataError
 from shared.workspace import Workspace
 from transfer.compression.catalogue import DEFAULT_TOLERANCE_POINTS, head_drops_over_tolerance
+from transfer.compression.measure import admission_rule
 from transfer.config import PolyheadConfig, load_config
 from transfer.data.coco import CocoTask, load_coco
 from transfer.export.publish import REFERENCE, evaluate_head, publish_head
@@ -227,7 +228,7 @@ def add_task(
     plan = plan_device(device)  # a clear error (no CUDA) before anything is read
     inputs = _validate(workdir, name, train_json, val_json, images, strict)
     remove_stale_staging(inputs.ws)
-    admission = _admission_rule(inputs.ws)
+    admission = admission_rule(inputs.ws)
     if live is not None:
         live.check(inputs.ws.repository, name)
     ws, size = inputs.ws, inputs.reference.input_size
@@ -285,15 +286,6 @@ def add_task(
         name, ws.head(name), info.classes, maps, len(inputs.train.images), num_views, cfg.epochs,
         sum(p.numel() for p in head.parameters()), cache_mb, losses, seconds, live is not None, admission[0], over,
     )
-
-
-def _admission_rule(ws: Workspace) -> tuple[float, list[str] | None]:
-    """``(tolerance in points, admission tasks)`` of ``trunk/catalogue.json``; compress's default when there is none."""
-    path = ws.trunk_dir / "catalogue.json"
-    catalogue = read_json(path, "variant catalogue", fix="rebuild it with `polyhead compress` or `polyhead measure`",
-                          expect=dict) if path.is_file() else {}  # fmt: skip
-    tolerance = catalogue.get("tolerance_points")
-    return (DEFAULT_TOLERANCE_POINTS if tolerance is None else float(tolerance)), catalogue.get("tasks")
 
 
 def _check_variant_accuracy(name: str, maps: dict[str, dict[str, float]], tolerance: float,

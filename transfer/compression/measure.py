@@ -31,7 +31,7 @@ import numpy as np
 from shared.artifacts import atomic_write_json, read_json
 from shared.errors import ArtifactError
 from shared.workspace import Workspace
-from transfer.compression.catalogue import build_catalogue, device_pareto
+from transfer.compression.catalogue import DEFAULT_TOLERANCE_POINTS, build_catalogue, device_pareto
 from transfer.export.device_keys import MEASURE_THREADS, cpu_key, cuda_key
 from transfer.export.latency import (
     Runner,
@@ -133,6 +133,15 @@ def measure_variants(
         meta["latency_runtime"] = {**(meta.get("latency_runtime") or {}), key: runtime[name]}
         atomic_write_json(ws.variant(name) / "variant.json", meta)
     return key, latency, runtime
+
+
+def admission_rule(ws: Workspace) -> tuple[float, list[str] | None]:
+    """``(tolerance in points, admission tasks)`` of ``trunk/catalogue.json``; compress's default when there is none."""
+    path = ws.trunk_dir / CATALOGUE
+    catalogue = read_json(path, "variant catalogue", fix="rebuild it with `polyhead compress` or `polyhead measure`",
+                          expect=dict) if path.is_file() else {}  # fmt: skip
+    tolerance = catalogue.get("tolerance_points")
+    return (DEFAULT_TOLERANCE_POINTS if tolerance is None else float(tolerance)), catalogue.get("tasks")
 
 
 def _tasks(ws: Workspace, metas: dict[str, dict]) -> list[str]:

@@ -27,7 +27,7 @@ import torch
 from shared.artifacts import read_json, sha256_file
 from shared.errors import ArtifactError, ConfigError
 from shared.workspace import Workspace
-from transfer.compression.measure import device_key_of
+from transfer.compression.measure import admission_rule, device_key_of
 from transfer.compression.prune import load_images, trunk_features
 from transfer.elastic.catalogue_variants import publish_subnet, rebuild_catalogue
 from transfer.elastic.latency_model import build_latency_table
@@ -193,8 +193,7 @@ def run_elastic_search(workdir: str | Path, device: str = "auto", budgets_ms: Se
             done[arch.key()] = {"arch": arch.to_dict(), **objectives(arch)}
             done[arch.key()]["mean_map"] = sum(done[arch.key()]["map"].values()) / len(vals)
     largest = done.get(space.largest().key())
-    catalogue_path = ws.trunk_dir / "catalogue.json"
-    tolerance = read_json(catalogue_path).get("tolerance_points", 1.0) if catalogue_path.exists() else 1.0
+    tolerance = admission_rule(ws)[0]
     keys = choose(state, settings.keep, tuple(budgets_ms), tolerance, largest and largest["mean_map"])
     keys += [a.key() for a in extra if a.key() not in keys]
     published = {}

@@ -41,7 +41,6 @@ missing). An unknown provider name or a malformed list fails the load.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import json
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -75,7 +74,7 @@ def session_options(params: dict) -> ort.SessionOptions:
 def return_freed_heap() -> None:
     """Hand the heap that loading freed (ONNX parse buffers, rewritten weights) back: glibc ``malloc_trim``."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: no ldconfig subprocess
     except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
         pass
 
